@@ -1,0 +1,114 @@
+"""All configuration, read from environment variables with defaults, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+#: Settings field -> environment variable. Every setting can be set this way, and nowhere else.
+ENV_VARS = {
+    "project": "GOOGLE_CLOUD_PROJECT",
+    "bucket": "PLACEID_BUCKET",
+    "data_dir": "PLACEID_DATA",
+    "raw_prefix": "PLACEID_RAW_PREFIX",
+    "curated_prefix": "PLACEID_CURATED_PREFIX",
+    "host": "PLACEID_HOST",
+    "max_object_bytes": "PLACEID_MAX_OBJECT_BYTES",
+    "max_pixels": "PLACEID_MAX_PIXELS",
+    "min_side": "PLACEID_MIN_SIDE",
+    "max_aspect_ratio": "PLACEID_MAX_ASPECT",
+    "curated_max_side": "PLACEID_CURATED_MAX_SIDE",
+    "curated_jpeg_quality": "PLACEID_CURATED_QUALITY",
+    "near_dup_distance": "PLACEID_NEAR_DUP_DISTANCE",
+    "firestore_timeout_s": "PLACEID_FIRESTORE_TIMEOUT_S",
+    "state_dir": "PLACEID_STATE_DIR",
+    "firestore_port": "PLACEID_FIRESTORE_PORT",
+    "pubsub_port": "PLACEID_PUBSUB_PORT",
+    "gcs_port": "PLACEID_GCS_PORT",
+    "ingest_port": "PLACEID_INGEST_PORT",
+    "notification_topic": "PLACEID_TOPIC",
+    "bridge_subscription": "PLACEID_SUBSCRIPTION",
+    "bridge_concurrency": "PLACEID_BRIDGE_CONCURRENCY",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Build with :meth:`from_env`; every field maps to one variable."""
+
+    project: str = "placeid-local"
+    bucket: str = "placeid-local"
+    data_dir: Path = REPO_ROOT.parent / "shared" / "data"
+    raw_prefix: str = "raw/"
+    curated_prefix: str = "curated/"
+    max_object_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000  # decompression-bomb guard
+    min_side: int = 32
+    max_aspect_ratio: float = 10.0
+    curated_max_side: int = 1024
+    curated_jpeg_quality: int = 90
+    near_dup_distance: int = 8  # pHash Hamming distance
+    firestore_timeout_s: float = 30.0
+    state_dir: Path = REPO_ROOT / ".placeid"  # local stack pids and logs
+    host: str = "127.0.0.1"
+    firestore_port: int = 8681
+    pubsub_port: int = 8682
+    gcs_port: int = 8683
+    ingest_port: int = 8684
+    notification_topic: str = "placeid-object-finalize"
+    bridge_subscription: str = "placeid-ingest-bridge"
+    bridge_concurrency: int = 8
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        """Settings from the environment (see :data:`ENV_VARS`); keyword overrides win."""
+        values = {}
+        for item in fields(cls):
+            raw = os.environ.get(ENV_VARS[item.name], "")
+            if item.name in overrides:
+                values[item.name] = overrides[item.name]
+            elif raw != "":
+                kind = type(item.default)
+                try:
+                    values[item.name] = Path(raw) if isinstance(item.default, Path) else kind(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{ENV_VARS[item.name]} must be a {kind.__name__}, got {raw!r}") from exc
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def as_env(self) -> dict[str, str]:
+        """Every setting as environment variables, for child processes."""
+        return {ENV_VARS[item.name]: str(getattr(self, item.name)) for item in fields(self)}
+
+    def validate(self) -> None:
+        """Reject settings that cannot work, with a message naming the variable."""
+        if not 0 <= self.near_dup_distance <= 29:
+            # d + 1 band keys go into one array_contains_any query, which takes at most 30 values.
+            raise ValueError("PLACEID_NEAR_DUP_DISTANCE must be within 0..29")
+        if self.max_object_bytes <= 0 or self.max_pixels <= 0:
+            raise ValueError("PLACEID_MAX_OBJECT_BYTES and PLACEID_MAX_PIXELS must be positive")
+        if self.curated_max_side < 64:
+            raise ValueError("PLACEID_CURATED_MAX_SIDE must be at least 64")
+        if not 1 <= self.curated_jpeg_quality <= 100:
+            raise ValueError("PLACEID_CURATED_QUALITY must be within 1..100")
+
+    @property
+    def world30_dir(self) -> Path:
+        return self.data_dir / "world30"
+
+    def url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+    def emulator_env(self) -> dict[str, str]:
+        """Variables that point the Google Cloud client libraries at the local emulators."""
+        return {
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "FIRESTORE_EMULATOR_HOST": f"{self.host}:{self.firestore_port}",
+            "PUBSUB_EMULATOR_HOST": f"{self.host}:{self.pubsub_port}",
+            "STORAGE_EMULATOR_HOST": self.url(self.gcs_port),
+        }

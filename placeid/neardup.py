@@ -1,0 +1,124 @@
+"""Near-duplicate index over 64-bit perceptual hashes that never scans the collection.
+
+Multi-index hashing (a generalised pigeonhole): split the hash into k = d // 2 + 1 bands; two hashes within
+Hamming distance d then differ by at most r = d // k bits (0 or 1) in at least one band. Each accepted image
+is stored under its k exact band keys, one document per band value (``near_bands/{key}``: image id -> hash).
+A lookup reads, in one ``get_all``, the documents of every band value within r bits of the new hash's bands
+(70 point reads for d = 8), whatever the collection size; only their members get the true distance checked.
+Wide bands (13 bits for d = 8) keep those members few; the plain d + 1 bands of 7 bits would return
+ten times more candidates.
+
+Point reads are also what the Firestore emulator serves fast; its queries scan every document.
+In production, exempt ``near_bands.members`` from single-field indexing (infra/): nothing queries it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from itertools import combinations
+
+from google.cloud import firestore
+
+from placeid.hashing import hamming_distance
+from placeid.store import NEAR_BANDS
+
+HASH_BITS = 64
+_LATEST = datetime.max.replace(tzinfo=timezone.utc)
+
+
+def band_layout(distance: int, bits: int = HASH_BITS) -> tuple[int, int, list[int]]:
+    """(number of bands k, probe radius r, band widths) for a distance threshold."""
+    if not 0 <= distance < bits:
+        raise ValueError(f"distance must be within 0..{bits - 1}")
+    bands = distance // 2 + 1
+    radius = distance // bands
+    widths = [bits // bands + (1 if band < bits % bands else 0) for band in range(bands)]
+    return bands, radius, widths
+
+
+def _band_values(hash_hex: str, widths: list[int], bits: int) -> list[int]:
+    if len(hash_hex) * 4 != bits:
+        raise ValueError(f"expected a {bits}-bit hash, got {len(hash_hex) * 4} bits")
+    value, start, parts = int(hash_hex, 16), 0, []
+    for width in widths:
+        parts.append((value >> (bits - start - width)) & ((1 << width) - 1))
+        start += width
+    return parts
+
+
+def band_keys(hash_hex: str, distance: int, bits: int = HASH_BITS) -> list[str]:
+    """The k keys a hash is stored under, e.g. ``"5:3:1f2a"`` (band count, band number, value)."""
+    bands, _, widths = band_layout(distance, bits)
+    return [f"{bands}:{band}:{part:x}" for band, part in enumerate(_band_values(hash_hex, widths, bits))]
+
+
+def probe_keys(hash_hex: str, distance: int, bits: int = HASH_BITS) -> list[str]:
+    """Every stored key a hash within ``distance`` can have: each band value with up to r bits flipped."""
+    bands, radius, widths = band_layout(distance, bits)
+    keys = []
+    for band, (part, width) in enumerate(zip(_band_values(hash_hex, widths, bits), widths)):
+        for flips in range(radius + 1):
+            for positions in combinations(range(width), flips):
+                probe = part
+                for position in positions:
+                    probe ^= 1 << position
+                keys.append(f"{bands}:{band}:{probe:x}")
+    return keys
+
+
+@dataclass(frozen=True)
+class NearMatch:
+    """An indexed image within the distance; ``indexed_at`` is the commit time of its index entry."""
+
+    image_id: str
+    distance: int
+    indexed_at: datetime | None
+
+    @property
+    def order(self) -> tuple:
+        """Arrival order: earlier commit first, image id breaks ties."""
+        return (self.indexed_at or _LATEST, self.image_id)
+
+
+class NearDuplicateIndex:
+    """The ``near_bands`` collection: band key -> {image_id: {phash, indexed_at}}."""
+
+    def __init__(self, db: firestore.Client, distance: int, call_options: dict | None = None):
+        self.db = db
+        self.distance = distance
+        self.collection = db.collection(NEAR_BANDS)
+        self.call_options = call_options or {}
+
+    def band_refs(self, phash_hex: str) -> list[firestore.DocumentReference]:
+        """Documents a hash is stored in."""
+        return [self.collection.document(key) for key in band_keys(phash_hex, self.distance)]
+
+    def probe_refs(self, phash_hex: str) -> list[firestore.DocumentReference]:
+        """Documents a lookup for a hash reads."""
+        return [self.collection.document(key) for key in probe_keys(phash_hex, self.distance)]
+
+    def find(self, phash_hex: str) -> list[NearMatch]:
+        """Indexed images within the distance of ``phash_hex``, closest (then earliest) first."""
+        matches: dict[str, NearMatch] = {}
+        for snap in self.db.get_all(self.probe_refs(phash_hex), **self.call_options):
+            if not snap.exists:
+                continue
+            for image_id, member in (snap.get("members") or {}).items():
+                if image_id in matches:
+                    continue
+                distance = hamming_distance(phash_hex, member["phash"])
+                if distance <= self.distance:
+                    matches[image_id] = NearMatch(image_id, distance, member.get("indexed_at"))
+        return sorted(matches.values(), key=lambda m: (m.distance, m.order))
+
+    def add(self, writer, image_id: str, phash_hex: str) -> None:
+        """Add an image through ``writer`` (a transaction or batch); its commit time orders arrivals."""
+        for ref in self.band_refs(phash_hex):
+            writer.set(ref, {"members": {image_id: {"phash": phash_hex, "indexed_at": firestore.SERVER_TIMESTAMP}}},
+                       merge=True)
+
+    def remove(self, writer, image_id: str, phash_hex: str) -> None:
+        """Remove an image through ``writer`` (a transaction or batch)."""
+        for ref in self.band_refs(phash_hex):
+            writer.set(ref, {"members": {image_id: firestore.DELETE_FIELD}}, merge=True)

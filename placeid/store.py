@@ -1,0 +1,82 @@
+"""Google Cloud clients, Firestore collection names, and the line between transient and permanent faults.
+
+The same code runs against the emulators and real Google Cloud: the client libraries pick the emulators
+up from FIRESTORE_EMULATOR_HOST / STORAGE_EMULATOR_HOST / PUBSUB_EMULATOR_HOST; nothing here branches on it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import google.auth.exceptions
+import requests
+from google.api_core import exceptions as gexc
+from google.api_core import retry as gretry
+from google.cloud import firestore, storage
+
+from placeid.config import Settings
+
+PLACES = "places"
+SITES = "sites"
+IMAGES = "images"
+NEAR_BANDS = "near_bands"
+CONTENT_CLAIMS = "content_claims"
+FILENAME_CLAIMS = "filename_claims"
+
+_TRANSIENT_TYPES = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.BadGateway,
+    gexc.GatewayTimeout,
+    gexc.TooManyRequests,
+    gexc.Aborted,
+    gexc.RetryError,
+    google.auth.exceptions.TransportError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for infrastructure faults that a retry may cure (the platform should redeliver)."""
+    return isinstance(exc, _TRANSIENT_TYPES)
+
+
+@functools.lru_cache(maxsize=8)
+def firestore_client(project: str) -> firestore.Client:
+    """A Firestore client for ``project`` (emulator when FIRESTORE_EMULATOR_HOST is set)."""
+    return firestore.Client(project=project)
+
+
+@functools.lru_cache(maxsize=8)
+def storage_client(project: str) -> storage.Client:
+    """A Cloud Storage client for ``project`` (emulator when STORAGE_EMULATOR_HOST is set)."""
+    return storage.Client(project=project)
+
+
+def firestore_call_options(settings: Settings) -> dict:
+    """``retry``/``timeout`` keyword arguments bounding every Firestore call by the configured deadline."""
+    retry = gretry.Retry(
+        predicate=gretry.if_exception_type(
+            gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError
+        ),
+        initial=0.2,
+        maximum=2.0,
+        timeout=settings.firestore_timeout_s,
+    )
+    return {"retry": retry, "timeout": settings.firestore_timeout_s}
+
+
+def ensure_bucket(settings: Settings) -> storage.Bucket:
+    """The configured bucket, created if missing (for the local stack; Terraform owns it in the cloud)."""
+    client = storage_client(settings.project)
+    bucket = client.bucket(settings.bucket)
+    if not bucket.exists():
+        try:
+            bucket = client.create_bucket(settings.bucket)
+        except gexc.Conflict:
+            pass
+    return bucket

@@ -1,0 +1,117 @@
+"""Shared fixtures: real emulators (Firestore, Pub/Sub, fake-gcs-server) started once per session by the
+project's own LocalStack, on free ports, reset between tests; real photos from the shared data folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from placeid.config import Settings
+from placeid.stack import LocalStack
+
+PROJECT = "placeid-test"
+BUCKET = "placeid-test-bucket"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_settings(state_dir: Path, **overrides) -> Settings:
+    """Settings for an isolated stack: free ports, its own state folder."""
+    values = dict(project=PROJECT, bucket=BUCKET, state_dir=state_dir, firestore_port=free_port(),
+                  pubsub_port=free_port(), gcs_port=free_port(), ingest_port=free_port(),
+                  firestore_timeout_s=5.0)
+    values.update(overrides)
+    return Settings.from_env(**values)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Settings.from_env().data_dir
+    if not (path / "world30" / "images").is_dir():
+        pytest.exit(f"shared data not found at {path}: set PLACEID_DATA", returncode=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(scope="session")
+def emulators(stack_settings):
+    """Firestore + Pub/Sub emulators and fake-gcs-server for the whole session; the process environment
+    points the Google Cloud clients at them (exactly as the functions see it in the local stack)."""
+    stack = LocalStack(stack_settings)
+    try:
+        stack.up(("firestore", "pubsub", "gcs"))
+    except Exception:
+        stack.down()
+        raise
+    os.environ.update(stack_settings.as_env())
+    os.environ.update(stack_settings.emulator_env())
+    yield stack
+    stack.down()
+
+
+def reset_firestore(settings: Settings) -> None:
+    url = (f"{settings.url(settings.firestore_port)}/emulator/v1/projects/{settings.project}"
+           "/databases/(default)/documents")
+    requests.delete(url, timeout=10).raise_for_status()
+
+
+@pytest.fixture
+def settings(emulators, stack_settings) -> Settings:
+    """A clean Firestore and an empty bucket for each test."""
+    from placeid.store import storage_client
+
+    reset_firestore(stack_settings)
+    bucket = storage_client(stack_settings.project).bucket(stack_settings.bucket)
+    for blob in bucket.list_blobs():
+        blob.delete()
+    return stack_settings
+
+
+@pytest.fixture
+def db(settings):
+    from placeid.store import firestore_client
+
+    return firestore_client(settings.project)
+
+
+@pytest.fixture
+def bucket(settings):
+    from placeid.store import storage_client
+
+    return storage_client(settings.project).bucket(settings.bucket)
+
+
+@pytest.fixture
+def catalog(db, data_dir):
+    """The bundled Seoul catalog and world30's places, loaded into Firestore."""
+    from placeid.catalog import bundled_catalog_path, load_catalog, read_catalog
+
+    load_catalog(db, read_catalog(bundled_catalog_path()))
+    load_catalog(db, read_catalog(data_dir / "world30" / "places.json"))
+    return db
+
+
+@pytest.fixture(scope="session")
+def world30_photos(data_dir) -> dict[str, list[Path]]:
+    """Real world30 photos by place id."""
+    images = data_dir / "world30" / "images"
+    return {p.name: sorted(p.glob("*.jpg")) for p in sorted(images.iterdir()) if p.is_dir()}
+
+
+@pytest.fixture
+def scratch_dir():
+    with tempfile.TemporaryDirectory(prefix="placeid-test-") as path:
+        yield Path(path)

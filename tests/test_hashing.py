@@ -1,0 +1,79 @@
+"""Hash values are pinned: a Pillow, numpy or imagehash upgrade that shifts them fails here, before it
+silently splits the duplicate index in two."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from PIL import Image
+
+from placeid.hashing import DHash, PHash, WHash, hamming_distance, perceptual_hashes, sha256_hash
+from placeid.imaging import decode_image, pixel_bytes
+from placeid.neardup import band_keys, band_layout, probe_keys
+
+PINNED_PHOTO = "world30/images/colosseum/0111beddc5528539.jpg"
+PINNED = {
+    "file_sha256": "0111beddc55285390cadfbc0f42efc1062827042e85f81aa95d0926a5798970b",
+    "pixels_sha256": "3e6f4856d0540cef1d3a615ea704695ad0ed52183e0557edb552dde9a0642a4a",
+    "phash": "b5aa6e4cb6ab4846",
+    "dhash": "3f3fdf3e3c92c626",
+    "whash": "ff9f3f9f0f002080",
+}
+
+
+def test_pinned_hash_values(data_dir):
+    data = (data_dir / PINNED_PHOTO).read_bytes()
+    decoded = decode_image(data)
+    assert sha256_hash(data).hex == PINNED["file_sha256"]
+    assert sha256_hash(pixel_bytes(decoded.rgb)).hex == PINNED["pixels_sha256"]
+    hashes = perceptual_hashes(decoded.rgb)
+    assert {name: value.hex for name, value in hashes.items()} == {k: PINNED[k] for k in ("phash", "dhash", "whash")}
+    assert all(value.bits == 64 and value.library.startswith("imagehash ") for value in hashes.values())
+
+
+@pytest.mark.parametrize("hasher, size", [(PHash, 1), (PHash, 33), (DHash, 0), (WHash, 6), (PHash, "8")])
+def test_hash_size_bounds_are_checked(hasher, size):
+    with pytest.raises(ValueError):
+        hasher(size)
+
+
+def test_hash_size_sets_bit_count(data_dir):
+    image = Image.open(data_dir / PINNED_PHOTO)
+    value = PHash(16).hash_image(image)
+    assert value.bits == 256 and len(value.hex) == 64
+
+
+def test_hamming_distance():
+    assert hamming_distance("ff00", "ff00") == 0
+    assert hamming_distance("ff00", "00ff") == 16
+    with pytest.raises(ValueError):
+        hamming_distance("ff", "ffff")
+
+
+@pytest.mark.parametrize("distance", [0, 1, 2, 6, 8, 12, 29])
+def test_probes_reach_every_hash_within_distance(distance):
+    """Generalised pigeonhole: the lookup probes of a hash include a stored key of every hash within
+    ``distance`` (including those exactly at the distance), and miss none because of band boundaries."""
+    rng = random.Random(distance)
+    for trial in range(400):
+        first = rng.getrandbits(64)
+        flips = rng.sample(range(64), distance if trial % 2 else rng.randint(0, distance))
+        second = first
+        for bit in flips:
+            second ^= 1 << bit
+        probes = set(probe_keys(f"{first:016x}", distance))
+        assert probes & set(band_keys(f"{second:016x}", distance))
+
+
+def test_band_layout_for_the_default_distance():
+    bands, radius, widths = band_layout(8)
+    assert (bands, radius, sum(widths)) == (5, 1, 64)
+    assert len(probe_keys("0" * 16, 8)) == sum(w + 1 for w in widths) == 69
+
+
+def test_band_keys_reject_wrong_sizes():
+    with pytest.raises(ValueError):
+        band_keys("ff", 4)
+    with pytest.raises(ValueError):
+        band_keys("0" * 16, 64)
