@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,train]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,6 +31,7 @@ stack-status: $(STAMP)
 
 bench: $(STAMP)  ## benchmarks (slow; prints tables, saves bench/results/*.json)
 	$(PY) bench/ingest_bench.py
+	$(PY) bench/training_bench.py
 
 clean:
 	-$(VENV)/bin/placeid stack down

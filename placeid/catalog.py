@@ -203,3 +203,22 @@ def list_places(db: firestore.Client) -> list[dict]:
     """All places in catalog order."""
     return [snap.to_dict() for snap in db.collection(PLACES).order_by("order").stream()]
 
+
+
+def to_json(document: dict) -> dict:
+    """A place or site document with GeoPoints as ``{"lat", "lng"}``: JSON for bundles and responses."""
+    def convert(value):
+        if isinstance(value, firestore.GeoPoint):
+            return {"lat": value.latitude, "lng": value.longitude}
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(document)
+
+
+def catalog_snapshot(places: list[dict]) -> list[dict]:
+    """JSON snapshot of catalog entries (raw catalog-file dicts), as stored in Firestore."""
+    return [to_json(normalize_place(raw, order)[0]) for order, raw in enumerate(places)]

@@ -101,6 +101,11 @@ class Settings:
     def world30_dir(self) -> Path:
         return self.data_dir / "world30"
 
+    @property
+    def weights_dir(self) -> Path:
+        """ImageNet backbones: ``PLACEID_WEIGHTS``, or ``weights/`` beside the data folder."""
+        return Path(os.environ.get("PLACEID_WEIGHTS") or self.data_dir.parent / "weights")
+
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
 

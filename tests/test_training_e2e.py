@@ -1,0 +1,117 @@
+"""A small real training run: Firestore + bucket -> train -> convert -> parity -> registry -> promote ->
+rollback, against the emulators, with every output checked for existence and consistency."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from placeid.catalog import list_places, to_json
+from placeid.errors import BadRequest
+from placeid.ingest import Ingestor, StoredObject
+from placeid.preprocess import prepare_image
+from placeid.tflite import TFLiteModel
+from tests.events import upload
+from training.dataset import from_firestore, load_negatives
+from training.registry import Registry, verify_run
+from training.train import TrainConfig, TrainingFailed, default_weights, run_training
+
+PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]
+
+
+def small_config(**overrides) -> TrainConfig:
+    values = dict(size=96, head_epochs=6, fine_tune_epochs=1, augment_views=1, batch_size=16,
+                  representative_count=40, show_progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def ingested(catalog, db, bucket, world30_photos):
+    ingestor = Ingestor()
+    for place in PLACES:
+        for path in world30_photos[place][:14]:
+            ingestor.ingest(StoredObject.from_event_data(upload(bucket, f"raw/{place}/{path.name}", path.read_bytes())))
+    return db
+
+
+def test_train_register_promote_rollback(ingested, db, bucket, settings, data_dir, scratch_dir):
+    examples = from_firestore(db, bucket)
+    assert {e.label for e in examples} == set(PLACES) and all(e.source.startswith("gs://") for e in examples)
+    negatives = load_negatives(data_dir / "negatives" / "images")[:40]
+    places = [to_json(p) for p in list_places(db)]
+    config = small_config()
+    run_dir = scratch_dir / "run"
+    manifest = run_training(config, examples, negatives, places, run_dir, default_weights(config, settings.weights_dir))
+
+    for name in ("saved_model/saved_model.pb", "model_int8.tflite", "model_float16.tflite", "labels.json",
+                 "metrics.json", "split.json", "places.json", "manifest.json", "plots/training_curves.png",
+                 "plots/confusion_matrix.png", "plots/per_place_f1.png"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert verify_run(run_dir) == manifest
+    labels = json.loads((run_dir / "labels.json").read_text())
+    assert labels == sorted(PLACES)
+    assert {p["place_id"] for p in json.loads((run_dir / "places.json").read_text())} == set(PLACES)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for name in ("keras", "tflite_float16", "tflite_int8"):
+        for key in ("top1", "top3", "macro_precision", "macro_recall", "macro_f1"):
+            assert 0.0 <= metrics[name][key] <= 1.0
+        assert np.asarray(metrics[name]["confusion_matrix"]).shape == (4, 4)
+    assert metrics["int8_keras_top1_agreement"] >= 0.99
+    assert 0 <= metrics["unknown_place"]["negatives_rejected"] <= 1
+    assert metrics["model_bytes"]["int8"] < metrics["model_bytes"]["float16"]
+
+    # The int8 model: uint8 image in, one probability per label out, and it agrees with the metrics.
+    model = TFLiteModel(run_dir / "model_int8.tflite")
+    assert model.size == 96 and model.input["dtype"] == np.uint8
+    test = [e for e in examples if e.split == "test"]
+    probs = model.predict(np.stack([prepare_image(e.content, 96) for e in test]))
+    assert probs.shape == (len(test), len(labels))
+    top1 = float(np.mean([labels[i] == e.label for i, e in zip(probs.argmax(1), test)]))
+    assert top1 == pytest.approx(metrics["tflite_int8"]["top1"])
+
+    # Registry: register, promote, refuse a worse model, force it, roll back.
+    registry = Registry(db, bucket)
+    record = registry.register(run_dir)
+    version = manifest["version"]
+    assert record["uri"] == f"gs://{settings.bucket}/models/{version}/"
+    stored = bucket.blob(f"models/{version}/model_int8.tflite").download_as_bytes()
+    assert hashlib.sha256(stored).hexdigest() == manifest["files"]["model_int8.tflite"]
+    assert registry.promote(version)["version"] == version
+
+    worse_dir = scratch_dir / "worse"
+    shutil.copytree(run_dir, worse_dir)
+    worse = json.loads((worse_dir / "manifest.json").read_text())
+    worse["version"] = version + "-worse"
+    worse["metrics"]["top1"] = manifest["metrics"]["top1"] - 0.2
+    (worse_dir / "manifest.json").write_text(json.dumps(worse))
+    registry.register(worse_dir)
+    with pytest.raises(BadRequest, match="worse than the live"):
+        registry.promote(worse["version"])
+    assert registry.serving()["version"] == version
+    assert registry.promote(worse["version"], force=True)["version"] == worse["version"]
+    rolled = registry.rollback()
+    assert rolled["version"] == version and rolled["history"] == []
+    with pytest.raises(BadRequest, match="nothing to roll back"):
+        registry.rollback()
+
+    # A tampered file is caught before anything is uploaded.
+    (worse_dir / "labels.json").write_text("[]")
+    with pytest.raises(BadRequest, match="does not match the manifest"):
+        registry.register(worse_dir)
+
+
+def test_parity_failure_stops_the_run(data_dir, settings, scratch_dir):
+    from training.dataset import from_folder
+
+    examples = from_folder(data_dir / "world30" / "images", limit_per_place=10, places=PLACES[:3])
+    config = small_config(fine_tune_epochs=0, min_int8_agreement=1.01)  # unreachable on purpose
+    with pytest.raises(TrainingFailed, match="int8 TFLite agrees with Keras"):
+        run_training(config, examples, [], [], scratch_dir / "run", default_weights(config, settings.weights_dir))
+    assert not (scratch_dir / "run" / "manifest.json").exists()

@@ -1,0 +1,71 @@
+"""The split (group-aware, stratified, deterministic) and the unknown-place rule."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from placeid.hashing import hamming_distance
+from training.dataset import class_weights, fingerprint, from_folder, split_examples
+from training.evaluate import apply_rejection, calibrate_rejection, classification_metrics
+
+PLACES = ["colosseum", "taj-mahal", "petra", "louvre", "hoi-an-ancient-town", "great-wall-of-china"]
+
+
+@pytest.fixture(scope="module")
+def examples(data_dir):
+    return from_folder(data_dir / "world30" / "images", places=PLACES)
+
+
+def test_no_near_duplicate_group_crosses_splits(examples):
+    split_examples(examples, seed=0, distance=8)
+    for i, first in enumerate(examples):
+        for second in examples[i + 1:]:
+            if hamming_distance(first.phash, second.phash) <= 8:
+                assert first.group == second.group and first.split == second.split, (first.source, second.source)
+    groups = Counter(e.group for e in examples)
+    assert max(groups.values()) >= 2  # world30 does hold near-duplicates: the check above was exercised
+
+
+def test_split_is_stratified_and_deterministic(examples):
+    split_examples(examples, seed=0)
+    first = [e.split for e in examples]
+    split_examples(examples, seed=0)
+    assert [e.split for e in examples] == first
+    for place in PLACES:
+        counts = Counter(e.split for e in examples if e.label == place)
+        total = sum(counts.values())
+        assert set(counts) == {"train", "val", "test"}
+        assert abs(counts["test"] / total - 0.15) < 0.06 and abs(counts["val"] / total - 0.15) < 0.06
+    split_examples(examples, seed=1)
+    assert [e.split for e in examples] != first
+    assert fingerprint(examples) == fingerprint(list(reversed(examples)))
+
+
+def test_class_weights_balance_classes():
+    weights = class_weights([0, 0, 0, 1], 2)
+    assert weights[1] == pytest.approx(3 * weights[0])
+    assert (3 * weights[0] + weights[1]) / 4 == pytest.approx(1.0)
+
+
+def test_rejection_rule_meets_its_false_accept_target():
+    rng = np.random.default_rng(0)
+    landmarks = rng.dirichlet(np.r_[30.0, np.ones(9)], size=400)  # confident
+    negatives = rng.dirichlet(np.ones(10) * 2, size=200)  # spread out
+    rule = calibrate_rejection(landmarks, negatives, target_false_accept=0.05)
+    assert rule["kind"] in ("max_prob", "margin")
+    assert apply_rejection(negatives, rule).mean() >= 0.95
+    assert apply_rejection(landmarks, rule).mean() < 0.05
+    strict = calibrate_rejection(landmarks, negatives, target_false_accept=0.0)
+    assert apply_rejection(negatives, strict).all()
+
+
+def test_classification_metrics_on_a_known_confusion():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
+    truth = np.array([0, 1, 1, 2])
+    metrics = classification_metrics(probs, truth, ["a", "b", "c"])
+    assert metrics["top1"] == 0.75 and metrics["top3"] == 1.0
+    assert metrics["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert metrics["per_place"]["a"]["precision"] == 0.5 and metrics["per_place"]["b"]["recall"] == 0.5

@@ -1,0 +1,1 @@
+"""The placeid training job: curated photos -> measured, versioned TFLite model bundles."""

@@ -1,0 +1,161 @@
+"""Training data: labelled photos from Firestore + the bucket's ``curated/`` (normal path) or a local folder
+and manifest (offline path), a deterministic group-aware stratified split, and a fingerprint of the data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from placeid.hashing import PHash
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Example:
+    """One labelled photo. ``source`` is a local path or a ``gs://`` URI; ``content`` holds its bytes."""
+
+    source: str
+    label: str
+    sha256: str
+    phash: str
+    content: bytes | None = None
+    group: int = -1
+    split: str = ""
+
+    def summary(self) -> dict:
+        data = asdict(self)
+        data.pop("content")
+        return data
+
+
+def _phash(data: bytes) -> str:
+    from placeid.preprocess import open_image
+    from placeid.imaging import to_rgb
+
+    return PHash().hash_image(to_rgb(open_image(data))).hex
+
+
+def from_folder(folder: Path | str, manifest: Path | str | None = None, limit_per_place: int | None = None,
+                places: list[str] | None = None) -> list[Example]:
+    """Examples from ``folder/<place_id>/*`` (or the ``file``/``place_id`` rows of a manifest.jsonl)."""
+    folder = Path(folder)
+    rows: list[tuple[Path, str]] = []
+    if manifest:
+        for line in Path(manifest).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows.append((folder / row["file"], row["place_id"]))
+    else:
+        rows = [(path, path.parent.name) for path in sorted(folder.glob("*/*")) if path.is_file()]
+    if places:
+        rows = [row for row in rows if row[1] in places]
+    if limit_per_place:
+        kept: Counter = Counter()
+        rows = [row for row in sorted(rows) if (kept.update([row[1]]) or kept[row[1]] <= limit_per_place)]
+    examples = []
+    for path, label in sorted(rows):
+        data = path.read_bytes()
+        examples.append(Example(str(path), label, hashlib.sha256(data).hexdigest(), _phash(data), data))
+    return examples
+
+
+def from_firestore(db, bucket, limit_per_place: int | None = None, places: list[str] | None = None) -> list[Example]:
+    """Accepted images and their labels from ``images`` and their curated copies from the bucket."""
+    query = db.collection("images").where(filter=FieldFilter("status", "==", "accepted"))
+    records = sorted((s.to_dict() for s in query.stream()), key=lambda r: r["image_id"])
+    if places:
+        records = [r for r in records if r["place_id"] in places]
+    if limit_per_place:
+        kept: Counter = Counter()
+        records = [r for r in records if (kept.update([r["place_id"]]) or kept[r["place_id"]] <= limit_per_place)]
+    examples = []
+    for record in records:
+        curated = record.get("curated") or {}
+        if not curated.get("written"):
+            continue
+        data = bucket.blob(curated["path"]).download_as_bytes()
+        examples.append(Example(curated["uri"], record["place_id"], record["hashes"]["file_sha256"]["hex"],
+                                record["hashes"]["phash"]["hex"], data))
+    return examples
+
+
+def group_near_duplicates(examples: list[Example], distance: int) -> None:
+    """Give near-duplicates (pHash within ``distance``, transitively) one group id."""
+    hashes = np.array([int(e.phash, 16) for e in examples], dtype=np.uint64)
+    parent = list(range(len(examples)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(examples)):
+        xor = hashes[i + 1:] ^ hashes[i]
+        bits = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1) if len(xor) else []
+        for offset in np.nonzero(np.asarray(bits) <= distance)[0]:
+            parent[find(i + 1 + int(offset))] = find(i)
+    for index, example in enumerate(examples):
+        example.group = find(index)
+
+
+def split_examples(examples: list[Example], seed: int = 0, fractions=(0.7, 0.15, 0.15),
+                   distance: int = 8) -> None:
+    """Deterministic, stratified by place, group-aware: a near-duplicate group never crosses splits.
+
+    Within each place, groups are ordered by a seeded hash of their smallest content hash, then dealt
+    to train/val/test so each split gets its fraction of that place's photos (at least one in val and test
+    when the place has three groups or more)."""
+    group_near_duplicates(examples, distance)
+    by_place: dict[str, dict[int, list[Example]]] = defaultdict(lambda: defaultdict(list))
+    for example in examples:
+        by_place[example.label][example.group].append(example)
+    for place, groups in by_place.items():
+        ordered = sorted(groups.values(), key=lambda members: hashlib.sha256(
+            f"{seed}:{min(m.sha256 for m in members)}".encode()).hexdigest())
+        total = sum(len(members) for members in ordered)
+        targets = {"val": max(1, round(total * fractions[1])), "test": max(1, round(total * fractions[2]))}
+        counts = Counter()
+        for members in ordered:
+            split = "train"
+            if len(ordered) >= 3:
+                for candidate in ("test", "val"):
+                    if counts[candidate] < targets[candidate]:
+                        split = candidate
+                        break
+            counts[split] += len(members)
+            for member in members:
+                member.split = split
+
+
+def fingerprint(examples: list[Example]) -> str:
+    """sha256 over the sorted (content hash, label) pairs: the identity of a training set."""
+    digest = hashlib.sha256()
+    for sha, label in sorted((e.sha256, e.label) for e in examples):
+        digest.update(f"{sha}:{label}\n".encode())
+    return digest.hexdigest()
+
+
+def class_weights(labels: list[int], num_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights, mean 1 over the training photos."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+def load_negatives(folder: Path | str) -> list[Example]:
+    """The 'no landmark' photos, for calibrating and measuring the unknown-place rule."""
+    examples = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            examples.append(Example(str(path), "", hashlib.sha256(data).hexdigest(), "", data))
+    return examples
+

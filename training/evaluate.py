@@ -1,0 +1,125 @@
+"""Metrics (numpy only), the unknown-place rule, and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict:
+    """Top-1/top-3 accuracy, macro and per-place precision/recall/F1, and the confusion matrix."""
+    n = len(labels)
+    predicted = probabilities.argmax(axis=1)
+    top3 = np.argsort(-probabilities, axis=1)[:, :3]
+    confusion = np.zeros((n, n), dtype=int)
+    np.add.at(confusion, (truth, predicted), 1)
+    tp = np.diag(confusion).astype(float)
+    precision = np.divide(tp, confusion.sum(axis=0), out=np.zeros(n), where=confusion.sum(axis=0) > 0)
+    recall = np.divide(tp, confusion.sum(axis=1), out=np.zeros(n), where=confusion.sum(axis=1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    present = confusion.sum(axis=1) > 0
+    return {
+        "count": int(len(truth)),
+        "top1": float((predicted == truth).mean()),
+        "top3": float((top3 == truth[:, None]).any(axis=1).mean()),
+        "macro_precision": float(precision[present].mean()),
+        "macro_recall": float(recall[present].mean()),
+        "macro_f1": float(f1[present].mean()),
+        "per_place": {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                              "support": int(confusion[i].sum())} for i, label in enumerate(labels)},
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def rejection_score(probabilities: np.ndarray, kind: str) -> np.ndarray:
+    """Confidence under a rule: ``max_prob`` (top-1 probability) or ``margin`` (top-1 minus top-2)."""
+    ordered = np.sort(probabilities, axis=1)
+    if kind == "max_prob":
+        return ordered[:, -1]
+    if kind == "margin":
+        return ordered[:, -1] - ordered[:, -2]
+    raise ValueError(f"unknown rule {kind!r}")
+
+
+def calibrate_rejection(landmark_probs: np.ndarray, negative_probs: np.ndarray, target_false_accept: float) -> dict:
+    """Pick the rule and threshold that reject all but ``target_false_accept`` of the negative photos while
+    wrongly rejecting the fewest landmark photos. A photo is 'unknown' when its score < threshold."""
+    best = None
+    for kind in ("max_prob", "margin"):
+        negative_scores = np.sort(rejection_score(negative_probs, kind))
+        allowed = int(np.floor(target_false_accept * len(negative_scores)))
+        # The threshold sits just above the highest negative score that must still be rejected.
+        index = len(negative_scores) - allowed - 1
+        threshold = float(np.nextafter(negative_scores[index], 1.0)) if index >= 0 else 0.0
+        landmark_rejected = float((rejection_score(landmark_probs, kind) < threshold).mean())
+        candidate = {"kind": kind, "threshold": threshold, "target_false_accept": target_false_accept,
+                     "calibration_landmark_rejected": landmark_rejected}
+        if best is None or landmark_rejected < best["calibration_landmark_rejected"]:
+            best = candidate
+    return best
+
+
+def apply_rejection(probabilities: np.ndarray, rule: dict) -> np.ndarray:
+    """True where the photo is answered 'unknown place'."""
+    return rejection_score(probabilities, rule["kind"]) < rule["threshold"]
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if key in history:
+                ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
+        ax.set_xlabel("epoch (head, then fine-tuning)")
+        ax.set_title(metric)
+        ax.legend()
+    if "stage_boundary" in history:
+        for ax in axes:
+            ax.axvline(history["stage_boundary"][0] + 0.5, color="grey", lw=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(confusion, dtype=float)
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(6, 0.32 * len(labels))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_per_place_f1(per_place: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(per_place.items(), key=lambda item: item[1]["f1"])
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.25 * len(items))))
+    ax.barh([name for name, _ in items], [m["f1"] for _, m in items], color="tab:green")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1 on the test split")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Model definitions: the paper's 64x64 CNN (the baseline) and MobileNet transfer learning (the default).
+
+Every model takes uint8-range RGB ``(size, size, 3)`` and scales it inside (x / 127.5 - 1), so the TFLite
+input is plain uint8 RGB from :func:`placeid.preprocess.prepare_image`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import layers
+
+#: Backbones from ../shared/weights: constructor arguments and the Keras layer where fine-tuning starts.
+BACKBONES = {
+    "mobilenet_v2_1.0": {"builder": "MobileNetV2", "alpha": 1.0, "weights": "coral_mobilenet_v2_1.0_224_quant_dequant_no_top.weights.h5",
+                         "fine_tune_from": "block_14_expand"},
+    "mobilenet_v2_0.35": {"builder": "MobileNetV2", "alpha": 0.35, "weights": "tm_mobilenetv2_0.35_224_no_top.weights.h5",
+                          "fine_tune_from": "block_14_expand"},
+    "mobilenet_v1_0.25": {"builder": "MobileNet", "alpha": 0.25, "weights": "mobilenet_2_5_224_tf_no_top.h5",
+                          "fine_tune_from": "conv_dw_12"},
+}
+
+
+@dataclass
+class BuiltModel:
+    model: keras.Model
+    backbone: keras.Model | None
+    feature_model: keras.Model | None  # input -> pooled features (frozen backbone), for the head stage
+    head: keras.Model | None  # features -> probabilities
+
+
+def _scaled_input(size: int):
+    inputs = keras.Input((size, size, 3), name="image")
+    scaled = layers.Rescaling(1 / 127.5, offset=-1.0, name="scale")(inputs)
+    return inputs, scaled
+
+
+def build_paper_cnn(num_classes: int, size: int = 64) -> BuiltModel:
+    """The paper's from-scratch CNN at 64x64: three conv blocks and a wide dense layer (about 25 MB of float32
+    weights, as the paper's shipped model)."""
+    inputs, x = _scaled_input(size)
+    for filters in (32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.5)(x)
+    x = layers.Dense(768, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="scores")(x)
+    return BuiltModel(keras.Model(inputs, outputs, name="paper_cnn"), None, None, None)
+
+
+def build_transfer(num_classes: int, size: int, backbone_name: str, weights: str | Path | None,
+                   dropout: float = 0.2) -> BuiltModel:
+    """An ImageNet MobileNet backbone (BatchNorm kept in inference mode) with a softmax head."""
+    spec = BACKBONES[backbone_name]
+    builder = getattr(keras.applications, spec["builder"])
+    backbone = builder(input_shape=(size, size, 3), alpha=spec["alpha"], include_top=False,
+                       weights="imagenet" if weights == "imagenet" else None, pooling="avg")
+    if weights not in (None, "imagenet"):
+        backbone.load_weights(str(weights))
+    backbone.trainable = False
+    inputs, x = _scaled_input(size)
+    features = backbone(x, training=False)
+    feature_model = keras.Model(inputs, features, name="features")
+    head_in = keras.Input((features.shape[-1],), name="features")
+    h = layers.Dropout(dropout)(head_in)
+    head_out = layers.Dense(num_classes, activation="softmax", name="scores")(h)
+    head = keras.Model(head_in, head_out, name="head")
+    model = keras.Model(inputs, head(features), name=f"placeid_{backbone_name}")
+    return BuiltModel(model, backbone, feature_model, head)
+
+
+def unfreeze_top(backbone: keras.Model, from_layer: str) -> int:
+    """Make the backbone trainable from ``from_layer`` on (BatchNorm layers stay frozen). Returns how many
+    layers train."""
+    backbone.trainable = True
+    trainable, count = False, 0
+    for layer in backbone.layers:
+        if layer.name == from_layer:
+            trainable = True
+        layer.trainable = trainable and not isinstance(layer, layers.BatchNormalization)
+        count += int(layer.trainable)
+    return count

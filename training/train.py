@@ -1,0 +1,261 @@
+"""One training run: split -> preprocess -> train -> export -> convert -> evaluate -> parity -> unknown-place
+rule -> run folder (SavedModel, TFLite float16 and int8, labels, metrics, plots, TensorBoard logs, bundle)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from placeid.preprocess import PREPROCESSING, prepare_image  # noqa: E402
+from placeid.tflite import TFLiteModel  # noqa: E402
+from training import evaluate  # noqa: E402
+from training.dataset import Example, class_weights, fingerprint, split_examples  # noqa: E402
+from training.export import export_saved_model, to_tflite  # noqa: E402
+from training.models import BACKBONES, build_paper_cnn, build_transfer, unfreeze_top  # noqa: E402
+
+
+class TrainingFailed(RuntimeError):
+    """A run that must not produce a model (for example, int8 disagrees with Keras)."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "mobilenet"  # or "paper"
+    backbone: str = "mobilenet_v2_1.0"
+    backbone_weights: str | None = None  # a file, "imagenet", or None (from PLACEID_WEIGHTS)
+    size: int = 224
+    head_epochs: int = 40
+    fine_tune_epochs: int = 6
+    paper_epochs: int = 50
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    augment_views: int = 2  # augmented copies of each training photo for the head stage
+    head_dropout: float = 0.5
+    flip: bool = True  # horizontal flips (turn off for places with text or asymmetric signatures)
+    seed: int = 0
+    near_dup_distance: int = 8
+    target_false_accept: float = 0.10
+    min_int8_agreement: float = 0.99
+    representative_count: int = 500
+    patience: int = 5
+    show_progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def augment(image: tf.Tensor, size: int, flip: bool) -> tf.Tensor:
+    """Real-world variation: JPEG noise, random crop (75-100% of the side), flip, colour, blur."""
+    x = tf.image.random_jpeg_quality(tf.cast(image, tf.uint8), 35, 95)
+    x = tf.cast(x, tf.float32)
+    crop = tf.cast(tf.random.uniform([], 0.75, 1.0) * size, tf.int32)
+    x = tf.image.resize(tf.image.random_crop(x, tf.stack([crop, crop, 3])), [size, size])
+    if flip:
+        x = tf.image.random_flip_left_right(x)
+    x = tf.image.random_brightness(x, 25.0)
+    x = tf.image.random_contrast(x, 0.8, 1.2)
+    x = tf.image.random_saturation(x, 0.8, 1.25)
+    kernel = tf.constant([1.0, 2.0, 1.0])
+    kernel = tf.tensordot(kernel, kernel, axes=0) / 16.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
+    blurred = tf.nn.depthwise_conv2d(x[None], kernel, [1, 1, 1, 1], "SAME")[0]
+    x = tf.cond(tf.random.uniform([]) < 0.25, lambda: blurred, lambda: x)
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def _dataset(images: np.ndarray, targets: np.ndarray, config: TrainConfig, size: int, training: bool):
+    data = tf.data.Dataset.from_tensor_slices((images, targets))
+    if training:
+        data = data.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
+        data = data.map(lambda x, y: (augment(x, size, config.flip), y), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        data = data.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _callbacks(config: TrainConfig, logs: Path, stage: str) -> list:
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+            keras.callbacks.TensorBoard(log_dir=str(logs / stage), histogram_freq=0, write_graph=False)]
+
+
+def _merge(history: dict, new: dict) -> None:
+    for key, values in new.items():
+        history.setdefault(key, []).extend(float(v) for v in values)
+
+
+def preprocess_all(examples: list[Example], size: int, show_progress: bool) -> np.ndarray:
+    return np.stack([prepare_image(e.content, size) for e in tqdm(examples, desc=f"preprocess {size}px",
+                                                                    unit="img", disable=not show_progress)])
+
+
+def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, num_classes: int, weights_path, logs: Path):
+    """Build and train; returns (keras model, history)."""
+    keras.utils.set_random_seed(config.seed)
+    weights = class_weights(list(y_train), num_classes)
+    history: dict[str, list[float]] = {}
+    verbose = 2 if config.show_progress else 0
+    if config.model == "paper":
+        built = build_paper_cnn(num_classes, config.size)
+        built.model.compile(keras.optimizers.Adam(config.learning_rate), "sparse_categorical_crossentropy",
+                            metrics=["accuracy"])
+        fit = built.model.fit(_dataset(x_train, y_train, config, config.size, True), epochs=config.paper_epochs,
+                              validation_data=_dataset(x_val, y_val, config, config.size, False),
+                              class_weight=weights, callbacks=_callbacks(config, logs, "paper"), verbose=verbose)
+        _merge(history, fit.history)
+        return built.model, history
+
+    built = build_transfer(num_classes, config.size, config.backbone, weights_path, config.head_dropout)
+    # Stage 1: the head, on backbone features of clean and augmented views (the frozen backbone runs once).
+    views = [x_train.astype(np.float32)]
+    for _ in range(config.augment_views):
+        views.append(np.stack([augment(tf.constant(image), config.size, config.flip).numpy() for image in x_train]))
+    train_features = built.feature_model.predict(np.concatenate(views), batch_size=64, verbose=verbose)
+    val_features = built.feature_model.predict(x_val.astype(np.float32), batch_size=64, verbose=verbose)
+    built.head.compile(keras.optimizers.Adam(config.learning_rate), "sparse_categorical_crossentropy",
+                       metrics=["accuracy"])
+    fit = built.head.fit(train_features, np.tile(y_train, len(views)), batch_size=config.batch_size,
+                         epochs=config.head_epochs, validation_data=(val_features, y_val), class_weight=weights,
+                         callbacks=_callbacks(config, logs, "head"), verbose=0, shuffle=True)
+    _merge(history, fit.history)
+    history["stage_boundary"] = [len(fit.history["loss"])]
+    # Stage 2: fine-tune the top of the backbone on augmented images.
+    if config.fine_tune_epochs > 0:
+        unfreeze_top(built.backbone, BACKBONES[config.backbone]["fine_tune_from"])
+        built.model.compile(keras.optimizers.Adam(config.fine_tune_learning_rate), "sparse_categorical_crossentropy",
+                            metrics=["accuracy"])
+        fit = built.model.fit(_dataset(x_train, y_train, config, config.size, True), epochs=config.fine_tune_epochs,
+                              validation_data=_dataset(x_val, y_val, config, config.size, False),
+                              class_weight=weights, callbacks=_callbacks(config, logs, "fine_tune"), verbose=verbose)
+        _merge(history, fit.history)
+    return built.model, history
+
+
+def run_training(config: TrainConfig, examples: list[Example], negatives: list[Example], places: list[dict],
+                 out_dir: Path, weights_path: str | Path | None = None) -> dict:
+    """Train, convert, measure and write one run folder; returns the manifest. Raises TrainingFailed."""
+    started = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split_examples(examples, seed=config.seed, distance=config.near_dup_distance)
+    labels = sorted({e.label for e in examples})
+    index = {label: i for i, label in enumerate(labels)}
+    parts = {name: [e for e in examples if e.split == name] for name in ("train", "val", "test")}
+    if not all(parts.values()):
+        raise TrainingFailed(f"a split is empty: { {k: len(v) for k, v in parts.items()} }")
+    arrays = {name: preprocess_all(part, config.size, config.show_progress) for name, part in parts.items()}
+    targets = {name: np.array([index[e.label] for e in part]) for name, part in parts.items()}
+    neg_images = preprocess_all(negatives, config.size, config.show_progress) if negatives else None
+
+    model, history = train_model(config, arrays["train"], targets["train"], arrays["val"], targets["val"],
+                                 len(labels), weights_path, out_dir / "tensorboard")
+    train_seconds = time.monotonic() - started
+
+    export_saved_model(model, labels, config.size, out_dir / "saved_model")
+    rng = np.random.default_rng(config.seed)
+    representative = arrays["train"][rng.permutation(len(arrays["train"]))[: config.representative_count]]
+    tflite_files = {"float16": out_dir / "model_float16.tflite", "int8": out_dir / "model_int8.tflite"}
+    for quantization, path in tflite_files.items():
+        path.write_bytes(to_tflite(model, quantization, representative))
+
+    keras_probs = {name: model.predict(arrays[name].astype(np.float32), batch_size=64, verbose=0)
+                   for name in ("val", "test")}
+    tflite_probs = {}
+    for quantization, path in tflite_files.items():
+        runner = TFLiteModel(path)
+        tflite_probs[quantization] = {name: runner.predict(arrays[name]) for name in ("val", "test")}
+        if neg_images is not None:
+            tflite_probs[quantization]["negatives"] = runner.predict(neg_images)
+
+    metrics = {"keras": evaluate.classification_metrics(keras_probs["test"], targets["test"], labels)}
+    for quantization in tflite_files:
+        metrics[f"tflite_{quantization}"] = evaluate.classification_metrics(
+            tflite_probs[quantization]["test"], targets["test"], labels)
+    agreement = float((tflite_probs["int8"]["test"].argmax(1) == keras_probs["test"].argmax(1)).mean())
+    metrics["int8_keras_top1_agreement"] = agreement
+
+    # Unknown place: calibrate on the validation photos and half the negatives; report on the test photos and
+    # the other half. Calibrated on the int8 model, the one that ships.
+    rule = None
+    if neg_images is not None:
+        calibration = np.array([int(hashlib.sha256(n.sha256.encode()).hexdigest(), 16) % 2 == 0 for n in negatives])
+        int8 = tflite_probs["int8"]
+        rule = evaluate.calibrate_rejection(int8["val"], int8["negatives"][calibration], config.target_false_accept)
+        metrics["unknown_place"] = {
+            "rule": rule,
+            "negatives_calibration": int(calibration.sum()),
+            "negatives_evaluation": int((~calibration).sum()),
+            "negatives_rejected": float(evaluate.apply_rejection(int8["negatives"][~calibration], rule).mean()),
+            "landmarks_wrongly_rejected": float(evaluate.apply_rejection(int8["test"], rule).mean()),
+        }
+
+    sizes = {name: path.stat().st_size for name, path in tflite_files.items()}
+    metrics["model_bytes"] = {**sizes, "keras_float32_params": int(model.count_params()),
+                              "keras_float32_bytes": int(model.count_params()) * 4}
+    metrics["train_seconds"] = round(train_seconds, 1)
+    metrics["total_seconds"] = round(time.monotonic() - started, 1)
+    metrics["split_counts"] = {name: len(part) for name, part in parts.items()}
+
+    (out_dir / "labels.json").write_text(json.dumps(labels, indent=1))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out_dir / "split.json").write_text(json.dumps({"seed": config.seed, "near_dup_distance": config.near_dup_distance,
+                                                    "examples": [e.summary() for e in examples]}, indent=1))
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    plots = out_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    evaluate.plot_history(history, plots / "training_curves.png")
+    evaluate.plot_confusion(metrics["tflite_int8"]["confusion_matrix"], labels, plots / "confusion_matrix.png")
+    evaluate.plot_per_place_f1(metrics["tflite_int8"]["per_place"], plots / "per_place_f1.png")
+
+    if agreement < config.min_int8_agreement:
+        raise TrainingFailed(f"int8 TFLite agrees with Keras on {agreement:.2%} of the test photos, "
+                             f"below the required {config.min_int8_agreement:.0%}: not producing a model")
+
+    known = set(labels)
+    snapshot = [p for p in places if p["place_id"] in known]
+    (out_dir / "places.json").write_text(json.dumps(snapshot, ensure_ascii=False, indent=1))
+    created = datetime.now(timezone.utc)
+    data_fingerprint = fingerprint(examples)
+    version = f"{created:%Y%m%dT%H%M%SZ}-{config.model}-{data_fingerprint[:8]}"
+    manifest = {
+        "version": version,
+        "created": created.isoformat(timespec="seconds"),
+        "model": config.model if config.model == "paper" else config.backbone,
+        "model_file": "model_int8.tflite",
+        "input_size": config.size,
+        "preprocessing": PREPROCESSING,
+        "labels_file": "labels.json",
+        "places_file": "places.json",
+        "rejection": rule,
+        "metrics": {"top1": metrics["tflite_int8"]["top1"], "top3": metrics["tflite_int8"]["top3"],
+                    "macro_f1": metrics["tflite_int8"]["macro_f1"], "int8_keras_top1_agreement": agreement,
+                    **({"negatives_rejected": metrics["unknown_place"]["negatives_rejected"],
+                        "landmarks_wrongly_rejected": metrics["unknown_place"]["landmarks_wrongly_rejected"]}
+                       if rule else {})},
+        "data_fingerprint": data_fingerprint,
+        "config": {k: v for k, v in asdict(config).items() if k not in ("show_progress", "extra")},
+        "files": {},
+    }
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_file() and path.name != "manifest.json" and "tensorboard" not in path.parts:
+            manifest["files"][path.relative_to(out_dir).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def default_weights(config: TrainConfig, weights_dir: Path) -> str | None:
+    """The backbone weights file for ``config`` (``--backbone-weights`` wins)."""
+    if config.model == "paper":
+        return None
+    if config.backbone_weights:
+        return config.backbone_weights
+    return str(weights_dir / BACKBONES[config.backbone]["weights"])
