@@ -105,14 +105,18 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, num_classes
     weights = class_weights(list(y_train), num_classes)
     history: dict[str, list[float]] = {}
     verbose = 2 if config.show_progress else 0
+
+    def fit_on_images(model: keras.Model, stage: str, learning_rate: float, epochs: int) -> None:
+        """Train ``model`` end to end on augmented images (the paper's CNN, or the fine-tuning stage)."""
+        model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        fit = model.fit(_dataset(x_train, y_train, config, config.size, True), epochs=epochs,
+                        validation_data=_dataset(x_val, y_val, config, config.size, False),
+                        class_weight=weights, callbacks=_callbacks(config, logs, stage), verbose=verbose)
+        _merge(history, fit.history)
+
     if config.model == "paper":
         built = build_paper_cnn(num_classes, config.size)
-        built.model.compile(keras.optimizers.Adam(config.learning_rate), "sparse_categorical_crossentropy",
-                            metrics=["accuracy"])
-        fit = built.model.fit(_dataset(x_train, y_train, config, config.size, True), epochs=config.paper_epochs,
-                              validation_data=_dataset(x_val, y_val, config, config.size, False),
-                              class_weight=weights, callbacks=_callbacks(config, logs, "paper"), verbose=verbose)
-        _merge(history, fit.history)
+        fit_on_images(built.model, "paper", config.learning_rate, config.paper_epochs)
         return built.model, history
 
     built = build_transfer(num_classes, config.size, config.backbone, weights_path, config.head_dropout)
@@ -132,12 +136,7 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, num_classes
     # Stage 2: fine-tune the top of the backbone on augmented images.
     if config.fine_tune_epochs > 0:
         unfreeze_top(built.backbone, BACKBONES[config.backbone]["fine_tune_from"])
-        built.model.compile(keras.optimizers.Adam(config.fine_tune_learning_rate), "sparse_categorical_crossentropy",
-                            metrics=["accuracy"])
-        fit = built.model.fit(_dataset(x_train, y_train, config, config.size, True), epochs=config.fine_tune_epochs,
-                              validation_data=_dataset(x_val, y_val, config, config.size, False),
-                              class_weight=weights, callbacks=_callbacks(config, logs, "fine_tune"), verbose=verbose)
-        _merge(history, fit.history)
+        fit_on_images(built.model, "fine_tune", config.fine_tune_learning_rate, config.fine_tune_epochs)
     return built.model, history
 
 
