@@ -1,4 +1,4 @@
-"""``placeid`` command line: the local stack, the catalog, collection, review and the demo."""
+"""``placeid`` command line: the local stack, catalog, collection, review, training, model registry and demo."""
 
 from __future__ import annotations
 
@@ -178,7 +178,8 @@ def cmd_train(args) -> int:
     bucket = storage_client(settings.project).bucket(settings.bucket)
     with console.status("loading photos"):
         if args.folder:
-            examples = from_folder(args.folder, limit_per_place=args.limit_per_place, places=places_filter)
+            examples = from_folder(args.folder, manifest=args.manifest, limit_per_place=args.limit_per_place,
+                                   places=places_filter)
             places = catalog_snapshot(read_catalog(args.catalog)) if args.catalog else []
         else:
             examples = from_firestore(db, bucket, limit_per_place=args.limit_per_place, places=places_filter)
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--size", type=int, help="input size (default 224; 64 for the paper's CNN)")
     train.add_argument("--fast", action="store_true", help="a quick model for demos and smoke tests")
     train.add_argument("--folder", type=Path, help="train offline from FOLDER/<place_id>/*")
+    train.add_argument("--manifest", type=Path, help="manifest.jsonl of file,place_id rows (with --folder)")
     train.add_argument("--catalog", type=Path, help="places.json for the bundle's snapshot (with --folder)")
     train.add_argument("--places", help="comma-separated place ids to train on (default: all)")
     train.add_argument("--limit-per-place", type=int)

@@ -158,7 +158,10 @@ class Ingestor:
         if blob.size is not None and blob.size > self.settings.max_object_bytes:
             return self._commit_final(image_ref, record, REJECTED,
                                       f"file too large: {blob.size} bytes > limit {self.settings.max_object_bytes}")
-        data = blob.download_as_bytes()
+        try:
+            data = blob.download_as_bytes()
+        except gexc.NotFound:  # overwritten or deleted since the metadata read
+            return self._commit_final(image_ref, record, REJECTED, "object generation no longer exists")
         record["hashes"] = {"file_sha256": sha256_hash(data).to_dict()}
         try:
             decoded = decode_image(data, self.limits)
@@ -218,7 +221,7 @@ class Ingestor:
         try:
             image_ref.create(record, **self.call_options)
         except gexc.AlreadyExists:
-            return image_ref.get(**self.call_options).to_dict()
+            pass  # an earlier delivery recorded it
         return image_ref.get(**self.call_options).to_dict()
 
     def _decide_and_commit(self, image_ref, record: dict, label_problem: str | None) -> dict:

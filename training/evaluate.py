@@ -76,12 +76,12 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
-        ax.set_xlabel("epoch (head, then fine-tuning)")
+        ax.set_xlabel("epoch (stages: head, fine-tuning, int8-robust head)")
         ax.set_title(metric)
         ax.legend()
-    if "stage_boundary" in history:
+    for boundary in history.get("stage_boundary", [])[:-1]:
         for ax in axes:
-            ax.axvline(history["stage_boundary"][0] + 0.5, color="grey", lw=0.8)
+            ax.axvline(boundary + 0.5, color="grey", lw=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
