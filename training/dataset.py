@@ -13,6 +13,8 @@ import numpy as np
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid.hashing import PHash
+from placeid.imaging import to_rgb
+from placeid.preprocess import open_image
 
 SPLITS = ("train", "val", "test")
 
@@ -36,10 +38,20 @@ class Example:
 
 
 def _phash(data: bytes) -> str:
-    from placeid.preprocess import open_image
-    from placeid.imaging import to_rgb
-
     return PHash().hash_image(to_rgb(open_image(data))).hex
+
+
+def _first_per_place(items: list, place_of, limit: int | None) -> list:
+    """The first ``limit`` items of each place, in order (all of them without a limit)."""
+    if not limit:
+        return items
+    seen: Counter = Counter()
+    kept = []
+    for item in items:
+        seen[place_of(item)] += 1
+        if seen[place_of(item)] <= limit:
+            kept.append(item)
+    return kept
 
 
 def from_folder(folder: Path | str, manifest: Path | str | None = None, limit_per_place: int | None = None,
@@ -56,9 +68,7 @@ def from_folder(folder: Path | str, manifest: Path | str | None = None, limit_pe
         rows = [(path, path.parent.name) for path in sorted(folder.glob("*/*")) if path.is_file()]
     if places:
         rows = [row for row in rows if row[1] in places]
-    if limit_per_place:
-        kept: Counter = Counter()
-        rows = [row for row in sorted(rows) if (kept.update([row[1]]) or kept[row[1]] <= limit_per_place)]
+    rows = _first_per_place(sorted(rows), lambda row: row[1], limit_per_place)
     examples = []
     for path, label in sorted(rows):
         data = path.read_bytes()
@@ -72,9 +82,7 @@ def from_firestore(db, bucket, limit_per_place: int | None = None, places: list[
     records = sorted((s.to_dict() for s in query.stream()), key=lambda r: r["image_id"])
     if places:
         records = [r for r in records if r["place_id"] in places]
-    if limit_per_place:
-        kept: Counter = Counter()
-        records = [r for r in records if (kept.update([r["place_id"]]) or kept[r["place_id"]] <= limit_per_place)]
+    records = _first_per_place(records, lambda record: record["place_id"], limit_per_place)
     examples = []
     for record in records:
         curated = record.get("curated") or {}
