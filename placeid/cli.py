@@ -165,7 +165,8 @@ def cmd_train(args) -> int:
     settings = _settings(args)
     config = TrainConfig(model=args.model, backbone=args.backbone, backbone_weights=args.backbone_weights,
                          size=args.size or (64 if args.model == "paper" else 224), seed=args.seed,
-                         near_dup_distance=settings.near_dup_distance, min_int8_agreement=args.min_int8_agreement)
+                         near_dup_distance=settings.near_dup_distance, min_int8_agreement=args.min_int8_agreement,
+                         no_flip_places=args.no_flip.split(",") if args.no_flip else [])
     if args.min_int8_agreement < 0.99:
         console.print(f"[yellow]parity gate lowered to {args.min_int8_agreement:.0%} int8/Keras agreement "
                       "(the product requires 99%)[/yellow]")
@@ -372,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--places", help="comma-separated place ids to train on (default: all)")
     train.add_argument("--limit-per-place", type=int)
     train.add_argument("--no-negatives", action="store_true", help="skip the unknown-place calibration")
+    train.add_argument("--no-flip", help="comma-separated place ids never mirrored in augmentation (text, "
+                       "asymmetric facades)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--min-int8-agreement", type=float, default=0.99,
                        help="parity gate: least int8/Keras top-1 agreement on the test split (default 0.99)")

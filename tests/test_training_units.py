@@ -69,3 +69,22 @@ def test_classification_metrics_on_a_known_confusion():
     assert metrics["top1"] == 0.75 and metrics["top3"] == 1.0
     assert metrics["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     assert metrics["per_place"]["a"]["precision"] == 0.5 and metrics["per_place"]["b"]["recall"] == 0.5
+
+
+def test_flips_only_where_the_place_allows():
+    import tensorflow as tf
+
+    from training.train import TrainConfig, augment, flippable_classes
+
+    config = TrainConfig(no_flip_places=["louvre"])
+    assert flippable_classes(config, ["eiffel-tower", "louvre"]).tolist() == [True, False]
+    assert not flippable_classes(TrainConfig(flip=False), ["eiffel-tower"]).any()
+    # A left-dark, right-bright image keeps its sides when flipping is not allowed.
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, 32:] = 255
+    tf.random.set_seed(0)
+    for _ in range(10):
+        out = augment(tf.constant(image), 64, False).numpy()
+        assert out[:, :16].mean() < out[:, -16:].mean()
+    flipped = [augment(tf.constant(image), 64, True).numpy() for _ in range(20)]
+    assert any(out[:, :16].mean() > out[:, -16:].mean() for out in flipped)

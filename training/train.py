@@ -45,7 +45,8 @@ class TrainConfig:
     augment_views: int = 2  # augmented copies of each training photo for the head stages
     head_dropout: float = 0.5
     quantization_robust_head: bool = True
-    flip: bool = True  # horizontal flips (turn off for places with text or asymmetric signatures)
+    flip: bool = True  # horizontal flips ...
+    no_flip_places: list[str] = field(default_factory=list)  # ... except for these (text, asymmetric facades)
     seed: int = 0
     near_dup_distance: int = 8
     target_false_accept: float = 0.10
@@ -56,14 +57,14 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-def augment(image: tf.Tensor, size: int, flip: bool) -> tf.Tensor:
-    """Real-world variation: JPEG noise, random crop (75-100% of the side), flip, colour, blur."""
+def augment(image: tf.Tensor, size: int, flip) -> tf.Tensor:
+    """Real-world variation: JPEG noise, random crop (75-100% of the side), flip (where ``flip``, a bool or
+    a boolean tensor, allows it), colour, blur."""
     x = tf.image.random_jpeg_quality(tf.cast(image, tf.uint8), 35, 95)
     x = tf.cast(x, tf.float32)
     crop = tf.cast(tf.random.uniform([], 0.75, 1.0) * size, tf.int32)
     x = tf.image.resize(tf.image.random_crop(x, tf.stack([crop, crop, 3])), [size, size])
-    if flip:
-        x = tf.image.random_flip_left_right(x)
+    x = tf.cond(tf.convert_to_tensor(flip), lambda: tf.image.random_flip_left_right(x), lambda: x)
     x = tf.image.random_brightness(x, 25.0)
     x = tf.image.random_contrast(x, 0.8, 1.2)
     x = tf.image.random_saturation(x, 0.8, 1.25)
@@ -75,11 +76,13 @@ def augment(image: tf.Tensor, size: int, flip: bool) -> tf.Tensor:
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def _dataset(images: np.ndarray, targets: np.ndarray, config: TrainConfig, size: int, training: bool):
+def _dataset(images: np.ndarray, targets: np.ndarray, config: TrainConfig, size: int, training: bool,
+             flippable: np.ndarray | None = None):
     data = tf.data.Dataset.from_tensor_slices((images, targets))
     if training:
+        flips = tf.constant(flippable)
         data = data.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
-        data = data.map(lambda x, y: (augment(x, size, config.flip), y), num_parallel_calls=tf.data.AUTOTUNE)
+        data = data.map(lambda x, y: (augment(x, size, tf.gather(flips, y)), y), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         data = data.map(lambda x, y: (tf.cast(x, tf.float32), y))
     return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
@@ -106,8 +109,15 @@ def representative_images(train_images: np.ndarray, config: TrainConfig) -> np.n
     return train_images[order[: config.representative_count]]
 
 
-def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, num_classes: int, weights_path, logs: Path):
+def flippable_classes(config: TrainConfig, labels: list[str]) -> np.ndarray:
+    """Per class: may its photos be mirrored during augmentation?"""
+    return np.array([config.flip and label not in config.no_flip_places for label in labels])
+
+
+def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: list[str], weights_path, logs: Path):
     """Build and train; returns (keras model, history)."""
+    num_classes = len(labels)
+    flippable = flippable_classes(config, labels)
     keras.utils.set_random_seed(config.seed)
     weights = class_weights(list(y_train), num_classes)
     history: dict[str, list[float]] = {}
@@ -116,7 +126,7 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, num_classes
     def fit_on_images(model: keras.Model, stage: str, learning_rate: float, epochs: int) -> None:
         """Train ``model`` end to end on augmented images (the paper's CNN, or the fine-tuning stage)."""
         model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-        fit = model.fit(_dataset(x_train, y_train, config, config.size, True), epochs=epochs,
+        fit = model.fit(_dataset(x_train, y_train, config, config.size, True, flippable), epochs=epochs,
                         validation_data=_dataset(x_val, y_val, config, config.size, False),
                         class_weight=weights, callbacks=_callbacks(config, logs, stage), verbose=verbose)
         _merge(history, fit.history)
@@ -131,8 +141,8 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, num_classes
     # Clean and augmented views of the training photos, kept as uint8 (what the int8 model is fed).
     views = [x_train]
     for _ in range(config.augment_views):
-        views.append(np.stack([np.rint(augment(tf.constant(image), config.size, config.flip).numpy()).astype(np.uint8)
-                               for image in x_train]))
+        views.append(np.stack([np.rint(augment(tf.constant(image), config.size, bool(flippable[label])).numpy())
+                               .astype(np.uint8) for image, label in zip(x_train, y_train)]))
     view_images, view_targets = np.concatenate(views), np.tile(y_train, len(views))
 
     def fit_head(stage: str, features: np.ndarray, targets: np.ndarray, val_features: np.ndarray) -> None:
@@ -181,7 +191,7 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
     neg_images = preprocess_all(negatives, config.size, config.show_progress) if negatives else None
 
     model, history = train_model(config, arrays["train"], targets["train"], arrays["val"], targets["val"],
-                                 len(labels), weights_path, out_dir / "tensorboard")
+                                 labels, weights_path, out_dir / "tensorboard")
     train_seconds = time.monotonic() - started
 
     export_saved_model(model, labels, config.size, out_dir / "saved_model")
