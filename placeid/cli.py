@@ -126,7 +126,21 @@ def print_summary(counts: Counter, title: str = "ingestion summary") -> None:
 
 
 def cmd_images(args) -> int:
-    print_summary(status_counts(_settings(args)), "images by status")
+    settings = _settings(args)
+    if args.action == "reindex":
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        from placeid.neardup import rebuild_index
+        from placeid.store import IMAGES, firestore_client
+
+        db = firestore_client(settings.project)
+        query = db.collection(IMAGES).where(filter=FieldFilter("status", "==", "accepted"))
+        accepted = [(snap.id, snap.get("hashes")["phash"]["hex"]) for snap in query.select(["hashes"]).stream()]
+        written = rebuild_index(db, settings.near_dup_distance, accepted)
+        console.print(f"near-duplicate index rebuilt for distance {settings.near_dup_distance}: "
+                      f"{len(accepted)} accepted images in {written} band documents")
+        return 0
+    print_summary(status_counts(settings), "images by status")
     return 0
 
 
@@ -339,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     urls.add_argument("--report", type=Path, default=Path("collect-report.json"))
     collect.set_defaults(func=cmd_collect)
 
-    images = sub.add_parser("images", help="image records by status")
+    images = sub.add_parser("images", help="image records by status; reindex after changing the distance")
+    images.add_argument("action", nargs="?", choices=("summary", "reindex"), default="summary")
     images.set_defaults(func=cmd_images)
 
     review = sub.add_parser("review", help="review quarantined and near-duplicate images")

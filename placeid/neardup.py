@@ -122,3 +122,24 @@ class NearDuplicateIndex:
         """Remove an image through ``writer`` (a transaction or batch)."""
         for ref in self.band_refs(phash_hex):
             writer.set(ref, {"members": {image_id: firestore.DELETE_FIELD}}, merge=True)
+
+
+def rebuild_index(db: firestore.Client, distance: int, accepted: list[tuple[str, str]], page: int = 400) -> int:
+    """Replace the whole index by one over ``accepted`` (image id, pHash) pairs for a new ``distance``.
+
+    Run it with ingestion paused (after changing PLACEID_NEAR_DUP_DISTANCE): each band document is written
+    once, with every member's ``indexed_at`` set to the rebuild's commit time. Returns the band documents written."""
+    collection = db.collection(NEAR_BANDS)
+    members: dict[str, dict] = {}
+    for image_id, phash in accepted:
+        for key in band_keys(phash, distance):
+            members.setdefault(key, {})[image_id] = {"phash": phash, "indexed_at": firestore.SERVER_TIMESTAMP}
+    stale = [ref for ref in collection.list_documents(page_size=page) if ref.id not in members]
+    writes = [("delete", ref, None) for ref in stale] + [("set", collection.document(key), {"members": value})
+                                                         for key, value in members.items()]
+    for start in range(0, len(writes), page):
+        batch = db.batch()
+        for kind, ref, value in writes[start:start + page]:
+            batch.delete(ref) if kind == "delete" else batch.set(ref, value)
+        batch.commit()
+    return len(members)

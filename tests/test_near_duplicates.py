@@ -79,3 +79,25 @@ def test_index_lookup_finds_only_within_distance(catalog, db, bucket, world30_ph
     far = f"{phash ^ ((1 << (d + 1)) - 1):016x}"  # d + 1 bits flipped
     assert [m.image_id for m in ingestor.index.find(near)] == [record["image_id"]]
     assert ingestor.index.find(far) == []
+
+
+def test_reindex_for_a_new_distance(catalog, db, bucket, world30_photos, monkeypatch, capsys):
+    from placeid.cli import main
+    from placeid.config import Settings
+
+    ingestor = Ingestor()
+    path = world30_photos["taj-mahal"][4]
+    original = ingestor.ingest(StoredObject.from_event_data(upload(bucket, "raw/taj-mahal/o.jpg", path.read_bytes())))
+    other = ingestor.ingest(StoredObject.from_event_data(
+        upload(bucket, "raw/petra/p.jpg", world30_photos["petra"][4].read_bytes())))
+    assert {original["status"], other["status"]} == {"accepted"}
+    monkeypatch.setenv("PLACEID_NEAR_DUP_DISTANCE", "4")
+    assert main(["images", "reindex"]) == 0
+    assert "2 accepted images in 6 band documents" in " ".join(capsys.readouterr().out.split())  # 3 bands each
+    assert {ref.id.split(":")[0] for ref in db.collection("near_bands").list_documents()} == {"3"}
+    narrower = Ingestor(Settings.from_env())
+    assert narrower.index.distance == 4
+    assert [m.image_id for m in narrower.index.find(original["hashes"]["phash"]["hex"])] == [original["image_id"]]
+    resized = _jpeg(Image.open(path).convert("RGB").resize((160, 120)))
+    again = narrower.ingest(StoredObject.from_event_data(upload(bucket, "raw/taj-mahal/small.jpg", resized)))
+    assert again["status"] == "near_duplicate" and again["duplicate_of"] == original["image_id"]
