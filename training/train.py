@@ -54,7 +54,6 @@ class TrainConfig:
     representative_count: int = 500
     patience: int = 5
     show_progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def augment(image: tf.Tensor, size: int, flip) -> tf.Tensor:
@@ -275,7 +274,7 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
                         "landmarks_wrongly_rejected": metrics["unknown_place"]["landmarks_wrongly_rejected"]}
                        if rule else {})},
         "data_fingerprint": data_fingerprint,
-        "config": {k: v for k, v in asdict(config).items() if k not in ("show_progress", "extra")},
+        "config": {k: v for k, v in asdict(config).items() if k != "show_progress"},
         "files": {},
     }
     for path in sorted(out_dir.rglob("*")):
