@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
@@ -66,6 +67,23 @@ def sniff_format(data: bytes) -> str | None:
         return None
 
 
+def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """Open a path, bytes or PIL image, reading the header only (pixels are decoded later).
+
+    Raises :class:`UnsupportedMediaType` for content that is no image and :class:`InvalidImage` for an
+    unreadable header."""
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType("not an image: the content matches no known image format") from None
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(f"decompression bomb: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes can break a decoder in many ways
+        raise InvalidImage(f"cannot read image header: {exc}") from None
+
+
 def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> DecodedImage:
     """Validate and decode ``data`` into an oriented RGB image.
 
@@ -74,14 +92,7 @@ def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> 
     """
     if not data:
         raise InvalidImage("empty file (0 bytes)")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise UnsupportedMediaType("not an image: the content matches no known image format") from None
-    except Image.DecompressionBombError as exc:
-        raise InvalidImage(f"decompression bomb: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes can break a decoder in many ways
-        raise InvalidImage(f"cannot read image header: {exc}") from None
+    img = open_image(data)
     if img.format not in ALLOWED_FORMATS:
         raise UnsupportedMediaType(
             f"format {img.format} is not accepted (allowed: {', '.join(sorted(ALLOWED_FORMATS))})"

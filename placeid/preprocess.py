@@ -7,14 +7,13 @@ RGB, which is the TFLite input; scaling to [-1, 1] is a layer inside the model, 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from placeid.errors import InvalidImage, UnsupportedMediaType
-from placeid.imaging import to_rgb
+from placeid.errors import InvalidImage
+from placeid.imaging import open_image, to_rgb
 
 RESAMPLE = Image.Resampling.BILINEAR
 #: Stored in every model manifest; a consumer checks it matches before it feeds the model.
@@ -27,20 +26,6 @@ PREPROCESSING = {
 }
 
 ImageSource = str | Path | bytes | Image.Image
-
-
-def open_image(source: ImageSource) -> Image.Image:
-    """Open a path, bytes or PIL image without decoding the pixels yet."""
-    if isinstance(source, Image.Image):
-        return source
-    try:
-        if isinstance(source, (bytes, bytearray)):
-            return Image.open(io.BytesIO(source))
-        return Image.open(Path(source))
-    except UnidentifiedImageError:
-        raise UnsupportedMediaType("not an image: the content matches no known image format") from None
-    except OSError as exc:
-        raise InvalidImage(f"cannot read image: {exc}") from None
 
 
 def prepare_image(source: ImageSource, size: int) -> np.ndarray:

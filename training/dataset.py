@@ -13,8 +13,7 @@ import numpy as np
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid.hashing import PHash
-from placeid.imaging import to_rgb
-from placeid.preprocess import open_image
+from placeid.imaging import open_image, to_rgb
 
 SPLITS = ("train", "val", "test")
 
