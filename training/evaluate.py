@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,61 +66,53 @@ def apply_rejection(probabilities: np.ndarray, rule: dict) -> np.ndarray:
     return rejection_score(probabilities, rule["kind"]) < rule["threshold"]
 
 
-def plot_history(history: dict[str, list[float]], path: Path) -> None:
+@contextmanager
+def _figure(path: Path, *args, **kwargs):
+    """A matplotlib figure (headless) saved to ``path`` as PNG when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-            if key in history:
-                ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
-        ax.set_xlabel("epoch (stages: head, fine-tuning, int8-robust head)")
-        ax.set_title(metric)
-        ax.legend()
-    for boundary in history.get("stage_boundary", [])[:-1]:
-        for ax in axes:
-            ax.axvline(boundary + 0.5, color="grey", lw=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> None:
+    with _figure(path, 1, 2, figsize=(11, 4)) as (_, axes):
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+                if key in history:
+                    ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
+            ax.set_xlabel("epoch (stages: head, fine-tuning, int8-robust head)")
+            ax.set_title(metric)
+            ax.legend()
+            for boundary in history.get("stage_boundary", [])[:-1]:
+                ax.axvline(boundary + 0.5, color="grey", lw=0.8)
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     matrix = np.asarray(confusion, dtype=float)
     rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = max(6, 0.32 * len(labels))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, figsize=(size + 1, size)) as (fig, ax):
+        image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        fig.colorbar(image, ax=ax, fraction=0.046)
 
 
 def plot_per_place_f1(per_place: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     items = sorted(per_place.items(), key=lambda item: item[1]["f1"])
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.25 * len(items))))
-    ax.barh([name for name, _ in items], [m["f1"] for _, m in items], color="tab:green")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("F1 on the test split")
-    ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _figure(path, figsize=(7, max(3, 0.25 * len(items)))) as (_, ax):
+        ax.barh([name for name, _ in items], [m["f1"] for _, m in items], color="tab:green")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("F1 on the test split")
+        ax.tick_params(axis="y", labelsize=7)
