@@ -128,14 +128,13 @@ def print_summary(counts: Counter, title: str = "ingestion summary") -> None:
 def cmd_images(args) -> int:
     settings = _settings(args)
     if args.action == "reindex":
-        from google.cloud.firestore_v1.base_query import FieldFilter
-
         from placeid.neardup import rebuild_index
-        from placeid.store import IMAGES, firestore_client
+        from placeid.ingest import accepted_images
+        from placeid.store import firestore_client
 
         db = firestore_client(settings.project)
-        query = db.collection(IMAGES).where(filter=FieldFilter("status", "==", "accepted"))
-        accepted = [(snap.id, snap.get("hashes")["phash"]["hex"]) for snap in query.select(["hashes"]).stream()]
+        accepted = [(snap.id, snap.get("hashes")["phash"]["hex"])
+                    for snap in accepted_images(db).select(["hashes"]).stream()]
         written = rebuild_index(db, settings.near_dup_distance, accepted)
         console.print(f"near-duplicate index rebuilt for distance {settings.near_dup_distance}: "
                       f"{len(accepted)} accepted images in {written} band documents")

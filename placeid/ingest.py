@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid.config import Settings
 from placeid.errors import InvalidImage, TransientError, UnsupportedMediaType
@@ -76,6 +77,11 @@ class StoredObject:
     def record_id(self) -> str:
         """Deterministic id of this object generation's record: redelivery finds the same document."""
         return hashlib.sha256(f"{self.bucket}/{self.name}#{self.generation}".encode()).hexdigest()[:32]
+
+
+def accepted_images(db: firestore.Client):
+    """Query for the image records with status ``accepted`` (the curated training set)."""
+    return db.collection(IMAGES).where(filter=FieldFilter("status", "==", ACCEPTED))
 
 
 def curated_path(settings: Settings, place_id: str, image_id: str) -> str:

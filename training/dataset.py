@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid.hashing import PHash
 from placeid.imaging import open_image, to_rgb
+from placeid.ingest import accepted_images
 
 SPLITS = ("train", "val", "test")
 
@@ -77,8 +77,7 @@ def from_folder(folder: Path | str, manifest: Path | str | None = None, limit_pe
 
 def from_firestore(db, bucket, limit_per_place: int | None = None, places: list[str] | None = None) -> list[Example]:
     """Accepted images and their labels from ``images`` and their curated copies from the bucket."""
-    query = db.collection("images").where(filter=FieldFilter("status", "==", "accepted"))
-    records = sorted((s.to_dict() for s in query.stream()), key=lambda r: r["image_id"])
+    records = sorted((s.to_dict() for s in accepted_images(db).stream()), key=lambda r: r["image_id"])
     if places:
         records = [r for r in records if r["place_id"] in places]
     records = _first_per_place(records, lambda record: record["place_id"], limit_per_place)
