@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from placeid.preprocess import prepare_image
 from placeid.tflite import TFLiteModel
 from tests.events import upload
 from training.dataset import from_firestore, load_negatives
-from training.registry import Registry, verify_run
+from training.registry import BUNDLE_FILES, Registry, verify_run, write_bundle_zip
 from training.train import TrainConfig, TrainingFailed, default_weights, run_training
 
 PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]
@@ -56,6 +57,10 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert verify_run(run_dir) == manifest
+    with zipfile.ZipFile(write_bundle_zip(run_dir, scratch_dir / "bundle.zip")) as bundle:
+        assert sorted(bundle.namelist()) == sorted(BUNDLE_FILES)
+        assert json.loads(bundle.read("manifest.json")) == manifest
+        assert hashlib.sha256(bundle.read("model_int8.tflite")).hexdigest() == manifest["files"]["model_int8.tflite"]
     labels = json.loads((run_dir / "labels.json").read_text())
     assert labels == sorted(PLACES)
     assert {p["place_id"] for p in json.loads((run_dir / "places.json").read_text())} == set(PLACES)
