@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test stack-up stack-down stack-status bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml edge/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,train]'
+	$(PY) -m pip install --quiet -e ./edge -e '.[dev,train]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -12,21 +12,13 @@ from pathlib import Path
 import pygeohash
 from google.cloud import firestore
 
-from placeid.errors import BadRequest
+from placeid_edge.errors import BadRequest
+from placeid_edge.geo import haversine_km
 from placeid.store import PLACES, SITES
 
 GEOHASH_PRECISION = 9  # ~5 m cells: fine enough for any radius a user asks for
 SITE_KINDS = ("attraction", "restaurant", "lodging")
-EARTH_RADIUS_KM = 6371.0088
 _PLACE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-def haversine_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Great-circle distance in kilometres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lng2 - lng1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(a))
 
 
 def _check_point(lat: float, lng: float) -> None:

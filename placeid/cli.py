@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from placeid.config import Settings
-from placeid.errors import PlaceidError
+from placeid_edge.errors import PlaceidError
 
 console = Console()
 
@@ -172,7 +172,7 @@ def cmd_train(args) -> int:
     from placeid.catalog import catalog_snapshot, list_places, read_catalog, to_json
     from placeid.store import firestore_client, storage_client
     from training.dataset import from_firestore, from_folder, load_negatives
-    from training.registry import Registry
+    from placeid.registry import Registry
     from training.train import TrainConfig, TrainingFailed, default_weights, run_training
 
     settings = _settings(args)
@@ -194,7 +194,8 @@ def cmd_train(args) -> int:
         if args.folder:
             examples = from_folder(args.folder, manifest=args.manifest, limit_per_place=args.limit_per_place,
                                    places=places_filter)
-            places = catalog_snapshot(read_catalog(args.catalog)) if args.catalog else []
+            catalog = args.catalog or Path(args.folder).parent / "places.json"  # world30's layout
+            places = catalog_snapshot(read_catalog(catalog)) if Path(catalog).is_file() else []
         else:
             examples = from_firestore(db, bucket, limit_per_place=args.limit_per_place, places=places_filter)
             places = [to_json(place) for place in list_places(db)]
@@ -243,7 +244,7 @@ def print_training_summary(out_dir: Path, manifest: dict) -> None:
 
 def cmd_models(args) -> int:
     from placeid.store import firestore_client, storage_client
-    from training.registry import Registry
+    from placeid.registry import Registry
 
     settings = _settings(args)
     registry = Registry(firestore_client(settings.project), storage_client(settings.project).bucket(settings.bucket))
@@ -383,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fast", action="store_true", help="a quick model for demos and smoke tests")
     train.add_argument("--folder", type=Path, help="train offline from FOLDER/<place_id>/*")
     train.add_argument("--manifest", type=Path, help="manifest.jsonl of file,place_id rows (with --folder)")
-    train.add_argument("--catalog", type=Path, help="places.json for the bundle's snapshot (with --folder)")
+    train.add_argument("--catalog", type=Path, help="places.json for the bundle's snapshot (with --folder; default: FOLDER/../places.json)")
     train.add_argument("--places", help="comma-separated place ids to train on (default: all)")
     train.add_argument("--limit-per-place", type=int)
     train.add_argument("--no-negatives", action="store_true", help="skip the unknown-place calibration")

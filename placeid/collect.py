@@ -20,7 +20,7 @@ from google.api_core import exceptions as gexc
 from tqdm import tqdm
 
 from placeid.config import Settings
-from placeid.errors import BadRequest
+from placeid_edge.errors import BadRequest
 from placeid.store import storage_client
 
 _PLACE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")

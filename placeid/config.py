@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -33,6 +34,15 @@ ENV_VARS = {
     "notification_topic": "PLACEID_TOPIC",
     "bridge_subscription": "PLACEID_SUBSCRIPTION",
     "bridge_concurrency": "PLACEID_BRIDGE_CONCURRENCY",
+    "predict_port": "PLACEID_PREDICT_PORT",
+    "model_cache_dir": "PLACEID_MODEL_CACHE",
+    "model_refresh_s": "PLACEID_MODEL_REFRESH_S",
+    "places_ttl_s": "PLACEID_PLACES_TTL_S",
+    "max_request_bytes": "PLACEID_MAX_REQUEST_BYTES",
+    "max_batch": "PLACEID_MAX_BATCH",
+    "top_k": "PLACEID_TOP_K",
+    "inference_threads": "PLACEID_INFERENCE_THREADS",
+    "cors_origins": "PLACEID_CORS_ORIGINS",
 }
 
 
@@ -62,6 +72,15 @@ class Settings:
     notification_topic: str = "placeid-object-finalize"
     bridge_subscription: str = "placeid-ingest-bridge"
     bridge_concurrency: int = 8
+    predict_port: int = 8685
+    model_cache_dir: Path = Path(tempfile.gettempdir()) / "placeid-models"  # the only local disk serving uses
+    model_refresh_s: float = 30.0  # how often serving re-reads the serving pointer
+    places_ttl_s: float = 300.0  # how long place details read from Firestore are reused
+    max_request_bytes: int = 10 * 1024 * 1024
+    max_batch: int = 16  # images per TF-Serving-style request
+    top_k: int = 3
+    inference_threads: int = 0  # interpreters that may run at once; 0 = one per CPU
+    cors_origins: str = ""  # comma-separated origins allowed to call predict from a browser, or *
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -96,6 +115,9 @@ class Settings:
             raise ValueError("PLACEID_CURATED_MAX_SIDE must be at least 64")
         if not 1 <= self.curated_jpeg_quality <= 100:
             raise ValueError("PLACEID_CURATED_QUALITY must be within 1..100")
+        if self.max_request_bytes <= 0 or self.max_batch <= 0 or self.top_k <= 0 or self.inference_threads < 0:
+            raise ValueError("PLACEID_MAX_REQUEST_BYTES, PLACEID_MAX_BATCH and PLACEID_TOP_K must be positive, "
+                             "PLACEID_INFERENCE_THREADS >= 0")
 
     @property
     def world30_dir(self) -> Path:
@@ -105,6 +127,11 @@ class Settings:
     def weights_dir(self) -> Path:
         """ImageNet backbones: ``PLACEID_WEIGHTS``, or ``weights/`` beside the data folder."""
         return Path(os.environ.get("PLACEID_WEIGHTS") or self.data_dir.parent / "weights")
+
+    @property
+    def allowed_origins(self) -> set[str]:
+        """``PLACEID_CORS_ORIGINS`` as a set (``{"*"}`` allows every origin)."""
+        return {origin.strip() for origin in self.cors_origins.split(",") if origin.strip()}
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"

@@ -18,9 +18,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid.config import Settings
-from placeid.errors import InvalidImage, TransientError, UnsupportedMediaType
+from placeid_edge.errors import InvalidImage, TransientError, UnsupportedMediaType
 from placeid.hashing import perceptual_hashes, sha256_hash
-from placeid.imaging import ValidationLimits, decode_image, encode_curated_jpeg, pixel_bytes, sniff_format
+from placeid_edge.imaging import ValidationLimits, decode_image, encode_curated_jpeg, pixel_bytes, sniff_format
 from placeid.logs import get_logger, log
 from placeid.neardup import NearDuplicateIndex
 from placeid.store import (

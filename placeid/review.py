@@ -9,7 +9,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from placeid.errors import BadRequest, NotFound
+from placeid_edge.errors import BadRequest, NotFound
 from placeid.ingest import ACCEPTED, NEAR_DUPLICATE, QUARANTINED, REJECTED, STATUSES, Ingestor, curated_path
 from placeid.store import IMAGES
 

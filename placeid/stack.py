@@ -1,5 +1,5 @@
 """The local Google Cloud stack: Firestore and Pub/Sub emulators, fake-gcs-server publishing
-OBJECT_FINALIZE notifications, the ingest function under functions-framework, and the bridge.
+OBJECT_FINALIZE notifications, the ingest and predict functions under functions-framework, and the bridge.
 
 ``placeid stack up|down|status``. Everything binds to 127.0.0.1; each service is health-checked."""
 
@@ -19,7 +19,7 @@ import requests
 from google.api_core import exceptions as gexc
 
 from placeid.config import REPO_ROOT, Settings
-from placeid.errors import PlaceidError
+from placeid_edge.errors import PlaceidError
 
 
 class StackError(PlaceidError):
@@ -64,6 +64,12 @@ def _http_ok(url: str, expect_text: str | None = None) -> bool:
     return expect_text is None or expect_text in response.text
 
 
+def function_argv(target: str, host: str, port: int) -> list[str]:
+    """functions-framework serving ``functions/<target>/main.py`` (the function's own name is its target)."""
+    return [sys.executable, "-m", "functions_framework", "--target", target,
+            "--source", str(REPO_ROOT / "functions" / target / "main.py"), "--host", host, "--port", str(port)]
+
+
 @dataclass
 class Service:
     name: str
@@ -77,7 +83,7 @@ class Service:
 class LocalStack:
     """Starts, checks and stops the local services; pids and logs live in ``settings.state_dir``."""
 
-    SERVICES = ("firestore", "pubsub", "gcs", "ingest", "bridge")
+    SERVICES = ("firestore", "pubsub", "gcs", "ingest", "bridge", "predict")
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
@@ -102,11 +108,10 @@ class LocalStack:
                                   "-event.pubsub-project-id", s.project, "-event.pubsub-topic", s.notification_topic,
                                   "-event.list", "finalize,delete,metadataUpdate", "-log-level", "warn"],
                            s.url(s.gcs_port) + "/storage/v1/b")
-        if name == "ingest":
-            return Service(name, [sys.executable, "-m", "functions_framework", "--target", "ingest",
-                                  "--source", str(REPO_ROOT / "functions" / "ingest" / "main.py"),
-                                  "--host", host, "--port", str(s.ingest_port)],
-                           s.url(s.ingest_port) + "/", env={"PYTHONPATH": str(REPO_ROOT)})
+        if name in ("ingest", "predict"):
+            port = s.ingest_port if name == "ingest" else s.predict_port
+            return Service(name, function_argv(name, host, port), s.url(port) + "/",
+                           "placeid" if name == "predict" else None, env={"PYTHONPATH": str(REPO_ROOT)})
         if name == "bridge":
             return Service(name, [sys.executable, "-m", "placeid.bridge", "--target", s.url(s.ingest_port) + "/"],
                            "", env={"PYTHONPATH": str(REPO_ROOT)})
@@ -196,7 +201,7 @@ class LocalStack:
         if "gcs" in services:
             self.start("gcs")
             self.provision_bucket()
-        for name in ("ingest", "bridge"):
+        for name in ("ingest", "bridge", "predict"):
             if name in services:
                 self.start(name)
 

@@ -27,7 +27,7 @@ def free_port() -> int:
 def make_settings(state_dir: Path, **overrides) -> Settings:
     """Settings for an isolated stack: free ports, its own state folder."""
     values = dict(project=PROJECT, bucket=BUCKET, state_dir=state_dir, firestore_port=free_port(),
-                  pubsub_port=free_port(), gcs_port=free_port(), ingest_port=free_port(),
+                  pubsub_port=free_port(), gcs_port=free_port(), ingest_port=free_port(), predict_port=free_port(),
                   firestore_timeout_s=5.0)
     values.update(overrides)
     return Settings.from_env(**values)
@@ -115,3 +115,33 @@ def world30_photos(data_dir) -> dict[str, list[Path]]:
 def scratch_dir():
     with tempfile.TemporaryDirectory(prefix="placeid-test-") as path:
         yield Path(path)
+
+
+SERVING_PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tmp_path_factory, data_dir) -> Path:
+    """A real model bundle, trained once per session from a few world30 photos of four places (96 px,
+    head only) with its unknown-place rule calibrated on real negatives: what the serving tests serve."""
+    from placeid.catalog import catalog_snapshot, read_catalog
+    from training.dataset import from_folder, load_negatives
+    from training.train import TrainConfig, default_weights, run_training
+
+    run_dir = tmp_path_factory.mktemp("bundle") / "run"
+    examples = from_folder(data_dir / "world30" / "images", limit_per_place=16, places=SERVING_PLACES)
+    negatives = load_negatives(data_dir / "negatives" / "images")[:60]
+    places = catalog_snapshot(read_catalog(data_dir / "world30" / "places.json"))
+    config = TrainConfig(size=96, head_epochs=8, fine_tune_epochs=0, augment_views=1, batch_size=16,
+                         representative_count=40, show_progress=False, min_int8_agreement=0.6)
+    run_training(config, examples, negatives, places, run_dir, default_weights(config, Settings.from_env().weights_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def held_out_photos(small_bundle) -> list[tuple[Path, str]]:
+    """(photo, place) pairs of the small bundle's test split: photos its model never saw."""
+    import json
+
+    split = json.loads((small_bundle / "split.json").read_text())
+    return [(Path(e["source"]), e["label"]) for e in split["examples"] if e["split"] == "test"]

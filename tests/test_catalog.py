@@ -11,14 +11,14 @@ import pytest
 from placeid.catalog import (
     bundled_catalog_path,
     geohash_cover,
-    haversine_km,
     list_places,
     load_catalog,
     places_within,
     read_catalog,
     sites_within,
 )
-from placeid.errors import BadRequest
+from placeid_edge.errors import BadRequest
+from placeid_edge.geo import haversine_km
 
 PAPER_TABLE_2 = ["63-building", "seoul-city-hall", "yi-sun-shin-statue", "king-sejong-statue", "geunjeongjeon",
                  "olympic-park", "lotte-world-tower", "myeongdong-cathedral", "namsan-tower", "seokchon-lake",

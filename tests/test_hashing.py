@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from placeid.hashing import DHash, PHash, WHash, hamming_distance, perceptual_hashes, sha256_hash
-from placeid.imaging import decode_image, pixel_bytes
+from placeid_edge.imaging import decode_image, pixel_bytes
 from placeid.neardup import band_keys, band_layout, probe_keys
 
 PINNED_PHOTO = "world30/images/colosseum/0111beddc5528539.jpg"

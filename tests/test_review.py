@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from placeid.errors import BadRequest
+from placeid_edge.errors import BadRequest
 from placeid.ingest import Ingestor, StoredObject
 from placeid.review import Reviewer
 from tests.events import upload

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from placeid.catalog import list_places, to_json
-from placeid.errors import BadRequest
+from placeid_edge.errors import BadRequest
 from placeid.ingest import Ingestor, StoredObject
-from placeid.preprocess import prepare_image
-from placeid.tflite import TFLiteModel
+from placeid_edge.preprocess import prepare_image
+from placeid_edge.runtime import TFLiteModel
 from tests.events import upload
 from training.dataset import from_firestore, load_negatives
-from training.registry import BUNDLE_FILES, Registry, verify_run, write_bundle_zip
+from placeid.registry import BUNDLE_FILES, Registry, verify_run, write_bundle_zip
 from training.train import TrainConfig, TrainingFailed, default_weights, run_training
 
 PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]

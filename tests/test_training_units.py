@@ -9,7 +9,8 @@ import pytest
 
 from placeid.hashing import hamming_distance
 from training.dataset import class_weights, fingerprint, from_folder, split_examples
-from training.evaluate import apply_rejection, calibrate_rejection, classification_metrics
+from placeid_edge.rejection import apply_rejection
+from training.evaluate import calibrate_rejection, classification_metrics
 
 PLACES = ["colosseum", "taj-mahal", "petra", "louvre", "hoi-an-ancient-town", "great-wall-of-china"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from placeid.hashing import PHash
-from placeid.imaging import open_image, to_rgb
+from placeid_edge.imaging import open_image, to_rgb
 from placeid.ingest import accepted_images
 
 SPLITS = ("train", "val", "test")

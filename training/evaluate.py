@@ -1,4 +1,4 @@
-"""Metrics (numpy only), the unknown-place rule, and plots."""
+"""Metrics (numpy only), calibration of the unknown-place rule, and plots."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from placeid_edge.rejection import RULE_KINDS, rejection_score
 
 
 def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict:
@@ -33,21 +35,11 @@ def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels:
     }
 
 
-def rejection_score(probabilities: np.ndarray, kind: str) -> np.ndarray:
-    """Confidence under a rule: ``max_prob`` (top-1 probability) or ``margin`` (top-1 minus top-2)."""
-    ordered = np.sort(probabilities, axis=1)
-    if kind == "max_prob":
-        return ordered[:, -1]
-    if kind == "margin":
-        return ordered[:, -1] - ordered[:, -2]
-    raise ValueError(f"unknown rule {kind!r}")
-
-
 def calibrate_rejection(landmark_probs: np.ndarray, negative_probs: np.ndarray, target_false_accept: float) -> dict:
     """Pick the rule and threshold that reject all but ``target_false_accept`` of the negative photos while
     wrongly rejecting the fewest landmark photos. A photo is 'unknown' when its score < threshold."""
     best = None
-    for kind in ("max_prob", "margin"):
+    for kind in RULE_KINDS:
         negative_scores = np.sort(rejection_score(negative_probs, kind))
         allowed = int(np.floor(target_false_accept * len(negative_scores)))
         # The threshold sits just above the highest negative score that must still be rejected.
@@ -59,11 +51,6 @@ def calibrate_rejection(landmark_probs: np.ndarray, negative_probs: np.ndarray, 
         if best is None or landmark_rejected < best["calibration_landmark_rejected"]:
             best = candidate
     return best
-
-
-def apply_rejection(probabilities: np.ndarray, rule: dict) -> np.ndarray:
-    """True where the photo is answered 'unknown place'."""
-    return rejection_score(probabilities, rule["kind"]) < rule["threshold"]
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Model definitions: the paper's 64x64 CNN (the baseline) and MobileNet transfer learning (the default).
 
 Every model takes uint8-range RGB ``(size, size, 3)`` and scales it inside (x / 127.5 - 1), so the TFLite
-input is plain uint8 RGB from :func:`placeid.preprocess.prepare_image`."""
+input is plain uint8 RGB from :func:`placeid_edge.preprocess.prepare_image`."""
 
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from placeid.preprocess import PREPROCESSING, prepare_image  # noqa: E402
-from placeid.tflite import TFLiteModel  # noqa: E402
+from placeid_edge.preprocess import PREPROCESSING, prepare_image  # noqa: E402
+from placeid_edge.rejection import apply_rejection  # noqa: E402
+from placeid_edge.runtime import TFLiteModel  # noqa: E402
 from training import evaluate  # noqa: E402
 from training.dataset import SPLITS, Example, class_weights, fingerprint, split_examples  # noqa: E402
 from training.export import export_saved_model, to_tflite  # noqa: E402
@@ -224,8 +225,8 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
             "rule": rule,
             "negatives_calibration": int(calibration.sum()),
             "negatives_evaluation": int((~calibration).sum()),
-            "negatives_rejected": float(evaluate.apply_rejection(int8_probs["negatives"][~calibration], rule).mean()),
-            "landmarks_wrongly_rejected": float(evaluate.apply_rejection(int8_probs["test"], rule).mean()),
+            "negatives_rejected": float(apply_rejection(int8_probs["negatives"][~calibration], rule).mean()),
+            "landmarks_wrongly_rejected": float(apply_rejection(int8_probs["test"], rule).mean()),
         }
 
     sizes = {name: path.stat().st_size for name, path in tflite_files.items()}

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from placeid.errors import InvalidImage
-from placeid.imaging import open_image, to_rgb
+from placeid_edge.errors import InvalidImage
+from placeid_edge.imaging import ValidationLimits, check_header, open_image, to_rgb
 
 RESAMPLE = Image.Resampling.BILINEAR
 #: Stored in every model manifest; a consumer checks it matches before it feeds the model.
@@ -28,9 +28,15 @@ PREPROCESSING = {
 ImageSource = str | Path | bytes | Image.Image
 
 
-def prepare_image(source: ImageSource, size: int) -> np.ndarray:
-    """Decode ``source`` into the model input: a ``(size, size, 3)`` uint8 RGB array."""
+def prepare_image(source: ImageSource, size: int, limits: ValidationLimits = ValidationLimits()) -> np.ndarray:
+    """Decode ``source`` into the model input: a ``(size, size, 3)`` uint8 RGB array.
+
+    Anything read from a file (paths, bytes, images Pillow opened) must be an accepted format within ``limits``,
+    checked from the header before any pixel is decoded: :class:`UnsupportedMediaType` or
+    :class:`InvalidImage` otherwise. Images made in memory (no format) are taken as they are."""
     image = open_image(source)
+    if image.format is not None:
+        check_header(image, limits)
     try:
         if image.format == "JPEG":
             image.draft("RGB", (size, size))

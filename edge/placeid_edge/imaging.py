@@ -1,4 +1,4 @@
-"""Image validation and normalisation with Pillow: the single place that decodes untrusted bytes."""
+"""Image validation and normalisation with Pillow: the single place that opens untrusted bytes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
-from placeid.errors import InvalidImage, UnsupportedMediaType
+from placeid_edge.errors import InvalidImage, UnsupportedMediaType
 
 try:  # HEIC/HEIF from phones, when pillow-heif is installed
     from pillow_heif import register_heif_opener
@@ -93,12 +93,8 @@ def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> 
     if not data:
         raise InvalidImage("empty file (0 bytes)")
     img = open_image(data)
-    if img.format not in ALLOWED_FORMATS:
-        raise UnsupportedMediaType(
-            f"format {img.format} is not accepted (allowed: {', '.join(sorted(ALLOWED_FORMATS))})"
-        )
+    check_header(img, limits)
     width, height = img.size
-    _check_dimensions(width, height, limits)
     frames = getattr(img, "n_frames", 1)
     try:
         img.load()
@@ -113,7 +109,18 @@ def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> 
     return DecodedImage(rgb, img.format, img.mode, (width, height), orientation, frames)
 
 
-def _check_dimensions(width: int, height: int, limits: ValidationLimits) -> None:
+def check_header(img: Image.Image, limits: ValidationLimits) -> None:
+    """Checks that need only the header: the format allow-list (:class:`UnsupportedMediaType`) and
+    :func:`check_dimensions`."""
+    if img.format not in ALLOWED_FORMATS:
+        raise UnsupportedMediaType(
+            f"format {img.format} is not accepted (allowed: {', '.join(sorted(ALLOWED_FORMATS))})"
+        )
+    check_dimensions(*img.size, limits)
+
+
+def check_dimensions(width: int, height: int, limits: ValidationLimits) -> None:
+    """Raise :class:`InvalidImage` for a decompression bomb, an absurd aspect ratio or a tiny image."""
     if width * height > limits.max_pixels:
         raise InvalidImage(
             f"decompression bomb: {width}x{height} = {width * height} pixels exceeds the limit of "

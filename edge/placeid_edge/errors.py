@@ -1,4 +1,4 @@
-"""Domain errors. Each carries the HTTP status a request handler should answer with."""
+"""Domain errors shared by every part of placeid. Each carries the HTTP status a request handler answers with."""
 
 from __future__ import annotations
 
@@ -49,3 +49,17 @@ class TransientError(PlaceidError):
 
     http_status = 503
     code = "unavailable"
+
+
+class ModelUnavailable(PlaceidError):
+    """No model to answer with yet (nothing promoted, or the bundle could not be fetched)."""
+
+    http_status = 503
+    code = "model_unavailable"
+
+
+class InvalidBundle(PlaceidError):
+    """A model bundle that is incomplete, altered (sha256 mismatch) or built for other preprocessing."""
+
+    http_status = 500
+    code = "invalid_bundle"

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from google.cloud import firestore
 
-from placeid.errors import BadRequest, NotFound
+from placeid_edge.bundle import BUNDLE_FILES
+from placeid_edge.errors import BadRequest, NotFound
 
 MODELS = "models"
+#: Bundles live under gs://BUCKET/models/<version>/.
+MODELS_PREFIX = "models/"
 SERVING = ("config", "serving")
-#: Files a bundle is made of (the rest of a run folder is uploaded next to them, for people).
-BUNDLE_FILES = ("manifest.json", "model_int8.tflite", "labels.json", "places.json")
 
 
 def verify_run(run_dir: Path) -> dict:
@@ -40,7 +41,7 @@ def write_bundle_zip(run_dir: Path, path: Path) -> Path:
 class Registry:
     """Models in a bucket and Firestore."""
 
-    def __init__(self, db: firestore.Client, bucket, prefix: str = "models/"):
+    def __init__(self, db: firestore.Client, bucket, prefix: str = MODELS_PREFIX):
         self.db = db
         self.bucket = bucket
         self.prefix = prefix

@@ -1,0 +1,187 @@
+"""A model bundle (TFLite model, labels, places snapshot, manifest) and the predictions made with it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from placeid_edge.errors import InvalidBundle
+from placeid_edge.geo import exif_gps, haversine_km
+from placeid_edge.imaging import ValidationLimits, open_image
+from placeid_edge.preprocess import PREPROCESSING, ImageSource, prepare_image
+from placeid_edge.rejection import apply_rejection, rejection_score
+from placeid_edge.runtime import TFLiteModel
+
+#: Files a bundle is made of; a run folder may hold more (the manifest lists their hashes too).
+BUNDLE_FILES = ("manifest.json", "model_int8.tflite", "labels.json", "places.json")
+#: Known places listed next to an EXIF GPS position.
+GPS_NEAREST = 3
+
+PlaceLookup = Callable[[str], "dict | None"]
+
+
+def map_url(lat: float, lng: float) -> str:
+    """An OpenStreetMap link centred on the point."""
+    return f"https://www.openstreetmap.org/?mlat={lat:.6f}&mlon={lng:.6f}#map=16/{lat:.6f}/{lng:.6f}"
+
+
+@dataclass
+class Prediction:
+    """The answer for one photo. ``probabilities`` are in the bundle's label order."""
+
+    model_version: str
+    unknown: bool
+    place: dict | None
+    top_k: list[dict]
+    probabilities: list[float]
+    rejection: dict | None
+    gps: dict | None
+    timing_ms: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _read_member(source: Path, archive: zipfile.ZipFile | None, name: str) -> bytes:
+    try:
+        return archive.read(name) if archive else (source / name).read_bytes()
+    except (KeyError, FileNotFoundError):
+        raise InvalidBundle(f"{source}: {name} is missing") from None
+
+
+class Bundle:
+    """A verified model bundle, ready to predict. Thread-safe.
+
+    ``pool_size`` interpreters may run at once (see :class:`TFLiteModel`)."""
+
+    def __init__(self, manifest: dict, model: bytes, labels: list[str], places: list[dict], source: str = "",
+                 num_threads: int | None = None, pool_size: int = 1,
+                 limits: ValidationLimits = ValidationLimits()):
+        self.manifest = manifest
+        self.source = source
+        self.version: str = manifest["version"]
+        self.labels = labels
+        self.places = {place["place_id"]: place for place in places}
+        self.rejection: dict | None = manifest.get("rejection")
+        self.limits = limits
+        preprocessing = manifest.get("preprocessing", {}).get("name")
+        if preprocessing != PREPROCESSING["name"]:
+            raise InvalidBundle(f"{source}: built for preprocessing {preprocessing!r}, this package does "
+                                f"{PREPROCESSING['name']!r}")
+        self.model = TFLiteModel(model, num_threads=num_threads, pool_size=pool_size)
+        if self.model.size != manifest["input_size"] or self.model.num_classes != len(labels):
+            raise InvalidBundle(f"{source}: model takes {self.model.size}px and gives {self.model.num_classes} "
+                                f"scores; the manifest says {manifest['input_size']}px and labels.json has "
+                                f"{len(labels)} labels")
+
+    @classmethod
+    def load(cls, path: Path | str, **options) -> "Bundle":
+        """Load a bundle from a folder or a ``.zip``, checking every file against the manifest's sha256."""
+        path = Path(path)
+        if not path.exists():
+            raise InvalidBundle(f"no bundle at {path}")
+        archive = zipfile.ZipFile(path) if path.is_file() else None
+        try:
+            manifest = json.loads(_read_member(path, archive, "manifest.json"))
+            names = {key: manifest.get(f"{key}_file", default) for key, default in
+                     (("model", "model_int8.tflite"), ("labels", "labels.json"), ("places", "places.json"))}
+            contents = {}
+            for key, name in names.items():
+                data = _read_member(path, archive, name)
+                expected = manifest.get("files", {}).get(name)
+                if expected != hashlib.sha256(data).hexdigest():
+                    raise InvalidBundle(f"{path}: {name} does not match the sha256 in its manifest")
+                contents[key] = data
+        except (json.JSONDecodeError, KeyError, zipfile.BadZipFile) as exc:
+            raise InvalidBundle(f"{path}: not a readable bundle ({exc})") from None
+        finally:
+            if archive:
+                archive.close()
+        return cls(manifest, contents["model"], json.loads(contents["labels"]), json.loads(contents["places"]),
+                   source=str(path), **options)
+
+    @property
+    def input_size(self) -> int:
+        return self.model.size
+
+    def metadata(self) -> dict:
+        """What a client needs to read results: version, labels, input size, preprocessing, rule, metrics."""
+        keys = ("version", "created", "model", "input_size", "preprocessing", "rejection", "metrics",
+                "data_fingerprint")
+        return {**{key: self.manifest.get(key) for key in keys}, "labels": self.labels, "runtime": self.model.runtime}
+
+    def predict(self, image: ImageSource, top_k: int = 3, lookup: PlaceLookup | None = None) -> Prediction:
+        """Classify one photo (path, bytes or PIL image). ``lookup`` gives fresher place details than the
+        bundle's snapshot (the predict function reads Firestore); it may return None to fall back."""
+        return self.predict_batch([image], top_k, lookup)[0]
+
+    def predict_batch(self, images: Iterable[ImageSource], top_k: int = 3,
+                      lookup: PlaceLookup | None = None) -> list[Prediction]:
+        """Classify several photos; decoding errors raise (the first bad photo stops the batch)."""
+        started = time.perf_counter()
+        pixels, positions, decode_ms = [], [], []
+        for source in images:
+            begin = time.perf_counter()
+            opened = open_image(source)
+            positions.append(exif_gps(opened))
+            pixels.append(prepare_image(opened, self.model.size, self.limits))
+            decode_ms.append((time.perf_counter() - begin) * 1000)
+        if not pixels:
+            return []
+        begin = time.perf_counter()
+        probabilities = self.model.predict(np.stack(pixels))
+        inference_ms = (time.perf_counter() - begin) * 1000 / len(pixels)
+        unknown = apply_rejection(probabilities, self.rejection)
+        total_ms = (time.perf_counter() - started) * 1000 / len(pixels)
+        return [self._describe(probs, bool(is_unknown), gps, top_k, lookup,
+                               {"decode": round(decode, 2), "inference": round(inference_ms, 2),
+                                "total": round(total_ms, 2)})
+                for probs, is_unknown, gps, decode in zip(probabilities, unknown, positions, decode_ms)]
+
+    def place_details(self, place_id: str, lookup: PlaceLookup | None = None) -> dict | None:
+        """A place from ``lookup`` when it knows it, else from the bundle's snapshot."""
+        found = lookup(place_id) if lookup else None
+        return found or self.places.get(place_id)
+
+    def _name(self, place_id: str) -> str:
+        return self.places.get(place_id, {}).get("name", place_id)
+
+    def _describe(self, probabilities: np.ndarray, unknown: bool, gps: tuple[float, float] | None, top_k: int,
+                  lookup: PlaceLookup | None, timing_ms: dict) -> Prediction:
+        order = np.argsort(-probabilities)[: max(1, top_k)]
+        candidates = [{"place_id": self.labels[i], "name": self._name(self.labels[i]),
+                       "probability": round(float(probabilities[i]), 6)} for i in order]
+        place = None
+        if not unknown:
+            best = candidates[0]
+            details = self.place_details(best["place_id"], lookup) or {"place_id": best["place_id"],
+                                                                         "name": best["name"]}
+            place = {**details, "probability": best["probability"]}
+            location = details.get("location")
+            if location:
+                place["map_url"] = map_url(location["lat"], location["lng"])
+        rejection = None
+        if self.rejection:
+            score = float(rejection_score(probabilities, self.rejection["kind"])[0])
+            rejection = {"rule": self.rejection["kind"], "threshold": self.rejection["threshold"],
+                         "score": round(score, 6)}
+        return Prediction(self.version, unknown, place, candidates,
+                          [round(float(p), 6) for p in probabilities], rejection, self._gps(gps), timing_ms)
+
+    def _gps(self, position: tuple[float, float] | None) -> dict | None:
+        if position is None:
+            return None
+        lat, lng = position
+        distances = sorted((haversine_km(lat, lng, p["location"]["lat"], p["location"]["lng"]), place_id)
+                           for place_id, p in self.places.items() if p.get("location"))
+        nearest = [{"place_id": place_id, "name": self._name(place_id), "distance_km": round(km, 3)}
+                   for km, place_id in distances[:GPS_NEAREST]]
+        return {"lat": lat, "lng": lng, "map_url": map_url(lat, lng), "nearest_places": nearest}
+

@@ -1,0 +1,256 @@
+"""The predict function's HTTP surface: placeid's JSON API, TensorFlow Serving's REST shape, and a small page.
+
+Routes: ``POST /`` (multipart ``image`` or a raw ``image/*`` body), ``POST /v1/models/placeid:predict``
+(``{"instances": [{"b64": ...}, ...]}``), ``GET /v1/models/placeid`` (status + metadata),
+``GET /v1/models/placeid/metadata``, ``GET /`` (HTML). Every error is JSON with the status its type carries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+import time
+from importlib import resources
+
+import flask
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from placeid.config import Settings
+from placeid.logs import get_logger, log
+from placeid.serving import ModelCache, PlaceDirectory
+from placeid.store import firestore_client, storage_client
+from placeid_edge.errors import BadRequest, NotFound, PlaceidError, TooLarge, UnsupportedMediaType
+
+logger = get_logger("placeid.predict")
+MODEL_NAME = "placeid"
+MODEL_PATH = f"/v1/models/{MODEL_NAME}"
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+class MethodNotAllowed(PlaceidError):
+    http_status = 405
+    code = "method_not_allowed"
+
+
+def _page() -> str:
+    return (resources.files("placeid") / "data" / "predict.html").read_text(encoding="utf-8")
+
+
+class PredictService:
+    """Answers predict requests. One per process; thread-safe."""
+
+    def __init__(self, settings: Settings, models: ModelCache, places: PlaceDirectory):
+        self.settings = settings
+        self.models = models
+        self.places = places
+        self._page = _page()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> "PredictService":
+        settings = settings or Settings.from_env()
+        db = firestore_client(settings.project)
+        bucket = storage_client(settings.project).bucket(settings.bucket)
+        return cls(settings, ModelCache(settings, db, bucket),
+                   PlaceDirectory(db, settings.places_ttl_s))
+
+    # -- routing ---------------------------------------------------------------------------------------------
+    def handle(self, request: flask.Request) -> flask.Response:
+        """Route one request; never raises."""
+        started = time.perf_counter()
+        fields: dict = {}
+        try:
+            if request.method == "OPTIONS":
+                response = flask.Response(status=204)
+            else:
+                response = self._route(request, fields)
+        except PlaceidError as exc:
+            response = self._json(exc.to_json(), exc.http_status)
+            fields["error"] = exc.message
+        except RequestEntityTooLarge:
+            response = self._json(TooLarge(self._too_large_message()).to_json(), 413)
+        except HTTPException as exc:  # malformed multipart and the like
+            error = PlaceidError(exc.description or exc.name)
+            error.http_status, error.code = exc.code or 400, "bad_request"
+            response = self._json(error.to_json(), error.http_status)
+        except Exception as exc:  # noqa: BLE001 - a stack trace never reaches the client
+            logger.exception("predict failed", extra={"fields": {"path": request.path}})
+            response = self._json({"error": {"code": "internal", "message": "internal error", "status": 500}}, 500)
+            fields["error"] = repr(exc)
+        request.max_content_length = None
+        if response.status_code == 413:
+            _discard_body(request)
+        self._cors(request, response)
+        log(logger, logging.INFO if response.status_code < 500 else logging.ERROR, "request",
+            method=request.method, path=request.path, status=response.status_code,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2), **fields)
+        return response
+
+    def _route(self, request: flask.Request, fields: dict) -> flask.Response:
+        path = request.path.rstrip("/") or "/"
+        routes = {
+            "/": {"GET": lambda: flask.Response(self._page, mimetype="text/html"),
+                  "POST": lambda: self._predict_one(request, fields)},
+            MODEL_PATH: {"GET": lambda: self._json(self._status())},
+            f"{MODEL_PATH}/metadata": {"GET": lambda: self._json(self._metadata())},
+            f"{MODEL_PATH}:predict": {"POST": lambda: self._predict_instances(request, fields)},
+        }
+        methods = routes.get(path)
+        if methods is None:
+            raise NotFound(f"no route {request.path}; see GET / and {MODEL_PATH}")
+        if request.method not in methods:
+            raise MethodNotAllowed(f"{request.method} {path} is not supported (use {', '.join(methods)})")
+        return methods[request.method]()
+
+    # -- endpoints -------------------------------------------------------------------------------------------
+    def _predict_one(self, request: flask.Request, fields: dict) -> flask.Response:
+        image = self._image_from(request)
+        bundle = self.models.bundle()
+        prediction = bundle.predict(image, top_k=self._top_k(request), lookup=self.places.lookup)
+        fields.update(model_version=bundle.version, images=1, unknown=prediction.unknown,
+                      place_id=prediction.place["place_id"] if prediction.place else None,
+                      inference_ms=prediction.timing_ms["total"])
+        return self._json(prediction.to_json())
+
+    def _predict_instances(self, request: flask.Request, fields: dict) -> flask.Response:
+        self._check_length(request)
+        payload = request.get_json(silent=True)
+        if not isinstance(payload, dict):
+            raise BadRequest('expected a JSON body {"instances": [{"b64": "..."}]}')
+        if payload.get("signature_name", "serving_default") != "serving_default":
+            raise BadRequest(f"unknown signature {payload['signature_name']!r}; only serving_default exists")
+        instances = payload.get("instances", payload.get("inputs"))
+        if not isinstance(instances, list) or not instances:
+            raise BadRequest('"instances" must be a non-empty list of {"b64": "..."} objects')
+        if len(instances) > self.settings.max_batch:
+            raise BadRequest(f"{len(instances)} instances in one request; at most {self.settings.max_batch}")
+        images = [_decode_instance(instance, index) for index, instance in enumerate(instances)]
+        bundle = self.models.bundle()
+        predictions = []
+        for index, image in enumerate(images):
+            try:
+                prediction = bundle.predict(image, top_k=self._top_k(request), lookup=self.places.lookup)
+            except PlaceidError as exc:
+                exc.message = f"instances[{index}]: {exc.message}"
+                raise
+            body = prediction.to_json()
+            body["scores"] = body.pop("probabilities")
+            body["classes"] = bundle.labels
+            predictions.append(body)
+        fields.update(model_version=bundle.version, images=len(images))
+        return self._json({"predictions": predictions, "model_version": bundle.version})
+
+    def _status(self) -> dict:
+        bundle = self.models.bundle()
+        return {"model_version_status": [{"version": bundle.version, "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}],
+                "metadata": bundle.metadata()}
+
+    def _metadata(self) -> dict:
+        bundle = self.models.bundle()
+        size = bundle.input_size
+        signature = {"inputs": {"images": {"dtype": "DT_UINT8", "tensor_shape": [-1, size, size, 3],
+                                           "encoding": "JPEG/PNG/WebP/HEIC bytes as {'b64': ...}"}},
+                     "outputs": {"scores": {"dtype": "DT_FLOAT", "tensor_shape": [-1, len(bundle.labels)]},
+                                 "classes": {"dtype": "DT_STRING", "tensor_shape": [len(bundle.labels)]}},
+                     "method_name": "tensorflow/serving/predict"}
+        return {"model_spec": {"name": MODEL_NAME, "version": bundle.version, "signature_name": ""},
+                "metadata": {"signature_def": {"signature_def": {"serving_default": signature}},
+                             "placeid": bundle.metadata()}}
+
+    # -- request parsing -------------------------------------------------------------------------------------
+    def _too_large_message(self) -> str:
+        return f"request body larger than the limit of {self.settings.max_request_bytes} bytes"
+
+    def _check_length(self, request: flask.Request) -> None:
+        request.max_content_length = self.settings.max_request_bytes
+        if request.content_length is not None and request.content_length > self.settings.max_request_bytes:
+            raise TooLarge(self._too_large_message())
+
+    def _image_from(self, request: flask.Request) -> bytes:
+        self._check_length(request)
+        mimetype = request.mimetype or ""
+        if mimetype == "multipart/form-data":
+            upload = request.files.get("image")
+            if upload is None:
+                raise BadRequest("multipart request without an 'image' file field")
+            data = upload.read()
+        elif mimetype.startswith(RAW_TYPES):
+            data = request.stream.read(self.settings.max_request_bytes + 1)
+            if len(data) > self.settings.max_request_bytes:
+                raise TooLarge(self._too_large_message())
+        else:
+            raise UnsupportedMediaType(f"content type {mimetype or '(none)'} is not accepted: send "
+                                       "multipart/form-data with an 'image' field, or a raw image/* body")
+        if not data:
+            raise BadRequest("empty image")
+        return data
+
+    def _top_k(self, request: flask.Request) -> int:
+        raw = request.args.get("top_k")
+        if raw is None:
+            return self.settings.top_k
+        try:
+            value = int(raw)
+        except ValueError:
+            raise BadRequest(f"top_k must be an integer, got {raw!r}") from None
+        if not 1 <= value <= 100:
+            raise BadRequest("top_k must be within 1..100")
+        return value
+
+    # -- responses -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _json(body: dict, status: int = 200) -> flask.Response:
+        return flask.Response(flask.json.dumps(body), status=status, mimetype="application/json")
+
+    def _cors(self, request: flask.Request, response: flask.Response) -> None:
+        origin = request.headers.get("Origin")
+        allowed = self.settings.allowed_origins
+        if not origin or not ("*" in allowed or origin in allowed):
+            return
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+        response.headers["Vary"] = "Origin"
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
+            response.headers["Access-Control-Max-Age"] = "3600"
+
+
+def _discard_body(request: flask.Request) -> None:
+    """Read what is left of a refused body in small chunks, so that nothing (functions-framework drains the
+    body after every response) ever holds it in memory whole."""
+    try:
+        while request.stream.read(1 << 16):
+            pass
+    except Exception:  # noqa: BLE001 - the client may have gone; there is nothing left to protect
+        pass
+
+
+def _decode_instance(instance, index: int) -> bytes:
+    """The image bytes of one TF-Serving instance: ``{"b64": ...}`` or ``{"<input>": {"b64": ...}}``."""
+    if isinstance(instance, dict) and len(instance) == 1 and "b64" not in instance:
+        instance = next(iter(instance.values()))
+    if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
+        raise BadRequest(f'instances[{index}]: expected {{"b64": "<base64 image>"}}')
+    text = instance["b64"]
+    try:
+        data = base64.b64decode(text, altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"instances[{index}]: b64 is not valid base64") from None
+    if not data:
+        raise BadRequest(f"instances[{index}]: empty image")
+    return data
+
+
+_service: PredictService | None = None
+_service_lock = threading.Lock()
+
+
+def service() -> PredictService:
+    """The process-wide service, made on first use (not at import: a cold start must not crash on a fault)."""
+    global _service
+    with _service_lock:
+        if _service is None:
+            _service = PredictService.from_settings()
+        return _service

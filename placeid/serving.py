@@ -1,0 +1,137 @@
+"""What the predict function serves with: the bundle named by the registry's serving pointer (fetched from the
+bucket, cached on local disk, re-checked every few seconds) and place details from Firestore (cached with a
+TTL). Both keep answering from what they have when Firestore or the bucket falter."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from google.cloud import firestore
+
+from placeid.catalog import get_place, to_json
+from placeid.config import Settings
+from placeid.logs import get_logger, log
+from placeid.registry import MODELS_PREFIX, Registry
+from placeid.store import is_transient
+from placeid_edge.bundle import BUNDLE_FILES, Bundle
+from placeid_edge.errors import InvalidBundle, ModelUnavailable, PlaceidError, TransientError
+
+logger = get_logger("placeid.serving")
+#: With no model yet, the pointer is re-read at most this often (seconds) while requests keep coming.
+NO_MODEL_RECHECK_S = 1.0
+
+
+class ModelCache:
+    """The live bundle. ``bundle()`` returns it, re-reading the serving pointer at most every ``refresh_s``
+    seconds (one thread does, the others keep answering with the current bundle). A new version is
+    downloaded into a temporary folder, verified against its manifest, loaded, and only then renamed into
+    the cache and swapped in, so a half-downloaded model is never served."""
+
+    def __init__(self, settings: Settings, db: firestore.Client, bucket):
+        self.settings = settings
+        self.registry = Registry(db, bucket)
+        self.bucket = bucket
+        self.cache_dir = Path(settings.model_cache_dir)
+        self._bundle: Bundle | None = None
+        self._next_check = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def pool_size(self) -> int:
+        return self.settings.inference_threads or os.cpu_count() or 1
+
+    def bundle(self) -> Bundle:
+        """The bundle to answer with. Raises :class:`ModelUnavailable` (503) while there is none."""
+        current = self._bundle
+        if current is None or time.monotonic() >= self._next_check:
+            # With a bundle in hand nobody waits for a refresh; without one, everybody waits for the first.
+            if self._lock.acquire(blocking=current is None):
+                try:
+                    if self._bundle is None or time.monotonic() >= self._next_check:
+                        self._refresh()
+                finally:
+                    self._lock.release()
+        if self._bundle is None:
+            raise ModelUnavailable("no model is being served yet: train one and promote it "
+                                   "(placeid train --promote)")
+        return self._bundle
+
+    def _refresh(self) -> None:
+        try:
+            pointer = self.registry.serving()
+            if pointer is None:
+                self._next_check = time.monotonic() + min(NO_MODEL_RECHECK_S, self.settings.model_refresh_s)
+                return
+            version = pointer["version"]
+            if self._bundle is None or self._bundle.version != version:
+                previous = self._bundle.version if self._bundle else None
+                self._bundle = self._load(version)
+                log(logger, logging.INFO, "serving model", model_version=version, previous_version=previous)
+        except Exception as exc:  # noqa: BLE001 - keep serving the current model through any fault
+            if self._bundle is None:
+                if isinstance(exc, PlaceidError):
+                    raise
+                if is_transient(exc):
+                    raise TransientError(f"cannot reach the model registry: {exc}") from None
+                raise
+            log(logger, logging.WARNING, "model refresh failed; still serving the current model",
+                model_version=self._bundle.version, error=str(exc))
+        self._next_check = time.monotonic() + self.settings.model_refresh_s
+
+    def _load(self, version: str) -> Bundle:
+        folder = self.cache_dir / version
+        if folder.is_dir():
+            try:
+                return Bundle.load(folder, pool_size=self.pool_size)
+            except InvalidBundle:
+                shutil.rmtree(folder, ignore_errors=True)  # altered on disk: fetch it again
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.cache_dir))
+        try:
+            for name in BUNDLE_FILES:
+                blob = self.bucket.blob(f"{MODELS_PREFIX}{version}/{name}")
+                if not blob.exists():
+                    raise InvalidBundle(f"model {version} has no {name} in gs://{self.bucket.name}/")
+                blob.download_to_filename(str(staging / name))
+            bundle = Bundle.load(staging, pool_size=self.pool_size)
+            try:
+                staging.rename(folder)
+            except OSError:  # another instance sharing the cache renamed it first: theirs is as good
+                shutil.rmtree(staging, ignore_errors=True)
+            return bundle
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+class PlaceDirectory:
+    """Place details (name, coordinates, nearby sites) from Firestore, each reused for ``ttl_s`` seconds.
+    On a Firestore fault it answers with what it had, or None (the caller falls back to the bundle)."""
+
+    def __init__(self, db: firestore.Client, ttl_s: float):
+        self.db = db
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, dict | None]] = {}
+        self._lock = threading.Lock()
+
+    def lookup(self, place_id: str) -> dict | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(place_id)
+        if cached and cached[0] > now:
+            return cached[1]
+        try:
+            document = get_place(self.db, place_id)
+        except Exception as exc:  # noqa: BLE001 - stale details beat no answer
+            log(logger, logging.WARNING, "place lookup failed", place_id=place_id, error=str(exc))
+            return cached[1] if cached else None
+        details = to_json(document) if document else None
+        with self._lock:
+            self._cache[place_id] = (now + self.ttl_s, details)
+        return details
