@@ -1,0 +1,145 @@
+"""The predict function as it runs: a functions-framework process (started by the local stack) answering real
+HTTP, swapping models after promote and rollback, and its page driven in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from placeid.registry import Registry
+from placeid.stack import LocalStack
+from tests.serving import publish
+
+REFRESH_S = 0.5
+
+
+@pytest.fixture
+def predict_server(settings, catalog, scratch_dir):
+    """The predict function under functions-framework on a free port, re-reading the pointer every 0.5 s."""
+    server_settings = dataclasses.replace(settings, state_dir=scratch_dir / "state", model_refresh_s=REFRESH_S,
+                                          model_cache_dir=scratch_dir / "model-cache")
+    stack = LocalStack(server_settings)
+    stack.start("predict")
+    yield server_settings.url(server_settings.predict_port), server_settings
+    stack.stop("predict")
+
+
+def wait_for_version(url: str, version: str, timeout_s: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = requests.get(f"{url}/v1/models/placeid", timeout=10)
+        if response.status_code == 200 and response.json()["model_version_status"][0]["version"] == version:
+            return response.json()
+        time.sleep(0.1)
+    raise AssertionError(f"the function did not switch to {version} within {timeout_s}s")
+
+
+def test_real_http_answers_and_hot_swaps_models(predict_server, db, bucket, small_bundle, scratch_dir,
+                                                held_out_photos):
+    url, server_settings = predict_server
+    photo, _ = held_out_photos[0]
+    data = photo.read_bytes()
+
+    cold = requests.post(url + "/", data=data, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert cold.status_code == 503 and cold.json()["error"]["code"] == "model_unavailable"
+
+    first = publish(db, bucket, small_bundle, scratch_dir)
+    wait_for_version(url, first)
+    answer = requests.post(url + "/", files={"image": (photo.name, data, "image/jpeg")}, timeout=30).json()
+    assert answer["model_version"] == first
+
+    second = publish(db, bucket, small_bundle, scratch_dir, version="99990101T000000Z-mobilenet-second")
+    wait_for_version(url, second)
+    instances = {"instances": [{"b64": base64.b64encode(data).decode()}]}
+    swapped = requests.post(url + "/v1/models/placeid:predict", json=instances, timeout=30).json()
+    assert swapped["model_version"] == second
+    assert swapped["predictions"][0]["scores"] == answer["probabilities"]  # same weights, new bundle
+
+    Registry(db, bucket).rollback()
+    wait_for_version(url, first)
+    assert requests.post(url + "/", data=data, headers={"Content-Type": "image/jpeg"},
+                         timeout=30).json()["model_version"] == first
+    # Only complete, verified bundles are in the cache: no staging folder is left behind.
+    cached = sorted(p.name for p in server_settings.model_cache_dir.iterdir())
+    assert cached == sorted([first, second])
+
+    # Concurrent clients all get answers from the same model.
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: requests.post(url + "/", data=data, timeout=30,
+                                                          headers={"Content-Type": "image/jpeg"}), range(24)))
+    assert {r.status_code for r in responses} == {200}
+    assert {tuple(r.json()["probabilities"]) for r in responses} == {tuple(answer["probabilities"])}
+
+
+def test_bucket_outage_keeps_the_current_model(predict_server, db, bucket, small_bundle, scratch_dir,
+                                               held_out_photos):
+    """A promoted bundle that cannot be fetched (files missing) never replaces the model being served."""
+    url, _ = predict_server
+    first = publish(db, bucket, small_bundle, scratch_dir)
+    wait_for_version(url, first)
+    broken = publish(db, bucket, small_bundle, scratch_dir, version="99990101T000000Z-mobilenet-broken")
+    bucket.blob(f"models/{broken}/model_int8.tflite").delete()
+    time.sleep(REFRESH_S * 3)
+    status = requests.get(f"{url}/v1/models/placeid", timeout=10).json()
+    assert status["model_version_status"][0]["version"] == first
+    photo, _ = held_out_photos[0]
+    answer = requests.post(url + "/", data=photo.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["model_version"] == first
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's chromium + chromium-driver) driven by Selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.fail("chromium and chromedriver are needed for the page test: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_page_in_headless_chromium(predict_server, browser, db, bucket, small_bundle, scratch_dir, held_out_photos):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = predict_server
+    wait_for_version(url, publish(db, bucket, small_bundle, scratch_dir))
+    # A photo the model recognises (asked over the API first), so the page must show that place's name.
+    for photo, _ in held_out_photos:
+        expected = requests.post(url + "/", data=photo.read_bytes(), headers={"Content-Type": "image/jpeg"},
+                                 timeout=30).json()
+        if not expected["unknown"]:
+            break
+    else:
+        pytest.fail("the small model recognised none of its held-out photos")
+
+    browser.get(url + "/")
+    assert "Which place" in browser.title + browser.page_source
+    browser.find_element(By.ID, "image").send_keys(str(photo))
+    name = WebDriverWait(browser, 30).until(expected_conditions.visibility_of_element_located((By.ID, "place-name")))
+    assert name.text == expected["place"]["name"]
+    nearby = [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#nearby li")]
+    assert [site["name"] for site in expected["place"]["nearby"]] == [text.split(" (")[0] for text in nearby]
+    assert browser.find_element(By.LINK_TEXT, "Show on the map").get_attribute("href") == expected["place"]["map_url"]
+
+    # A file that is no image: the page shows the API's error instead of a place.
+    not_an_image = scratch_dir / "notes.jpg"
+    not_an_image.write_text("not a photo")
+    browser.find_element(By.ID, "image").send_keys(str(not_an_image))
+    error = WebDriverWait(browser, 30).until(expected_conditions.visibility_of_element_located((By.ID, "error")))
+    assert "415" in error.text
