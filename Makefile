@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TFLITE_VENV  ?= .venv-tflite
 TFLITE_STAMP := $(TFLITE_VENV)/.installed
 
-.PHONY: setup demo test stack-up stack-down stack-status bench clean
+.PHONY: setup browser demo test stack-up stack-down stack-status bench clean
 
 $(STAMP): pyproject.toml edge/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,19 @@ $(TFLITE_STAMP): edge/pyproject.toml
 	$(TFLITE_VENV)/bin/python -m pip install --quiet './edge[tflite-runtime]'
 	touch $(TFLITE_STAMP)
 
-setup: $(STAMP) $(TFLITE_STAMP)
+# Headless Chromium for the page test (Debian's packages); installed when missing and we may.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q --no-install-recommends chromium chromium-driver \
+	    || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }; \
+	  else echo "make: the page test needs chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; }
+
+setup: $(STAMP) $(TFLITE_STAMP) browser
 
 demo: $(STAMP)  ## local stack up, catalog, ingest world30 with progress, summary
 	$(VENV)/bin/placeid demo
 
-test: $(STAMP) $(TFLITE_STAMP)  ## the whole suite against the real emulators (and the edge package under both runtimes)
+test: $(STAMP) $(TFLITE_STAMP) browser  ## the whole suite against the real emulators (and the edge package under both runtimes)
 	$(PY) -m pytest -q
 
 stack-up: $(STAMP)
@@ -41,6 +48,7 @@ stack-status: $(STAMP)
 bench: $(STAMP)  ## benchmarks (slow; prints tables, saves bench/results/*.json)
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/training_bench.py
+	$(PY) bench/serving_bench.py
 
 clean:
 	-$(VENV)/bin/placeid stack down

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import save  # noqa: E402
+from bench.machine import free_port, peak_rss_mib, percentile, save  # noqa: E402
 from placeid.catalog import bundled_catalog_path, load_catalog, read_catalog  # noqa: E402
 from placeid.cli import status_counts, wait_for_records  # noqa: E402
 from placeid.collect import upload_folder  # noqa: E402
@@ -39,32 +38,6 @@ from placeid.stack import LocalStack  # noqa: E402
 from placeid.store import firestore_client  # noqa: E402
 
 console = Console()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _peak_rss_mib(pid: int) -> float:
-    """Largest VmHWM (peak resident set) over a process and its children."""
-    import psutil
-
-    peak = 0
-    for proc in [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True):
-        try:
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM"):
-                    peak = max(peak, int(line.split()[1]))
-        except OSError:
-            pass
-    return round(peak / 1024, 1)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 1)
 
 
 def bench_full_path(settings: Settings, stack: LocalStack) -> dict:
@@ -85,9 +58,9 @@ def bench_full_path(settings: Settings, stack: LocalStack) -> dict:
         "end_to_end_s": round(elapsed, 1),
         "upload_s": round(uploaded_s, 1),
         "images_per_s": round(expected / elapsed, 1),
-        "function_ms_p50": _percentile(durations, 50),
-        "function_ms_p99": _percentile(durations, 99),
-        "function_peak_rss_mib": _peak_rss_mib(stack.pid("ingest")),
+        "function_ms_p50": percentile(durations, 50),
+        "function_ms_p99": percentile(durations, 99),
+        "function_peak_rss_mib": peak_rss_mib(stack.pid("ingest")),
         "bridge_concurrency": settings.bridge_concurrency,
         "outcomes": dict(status_counts(settings)),
     }
@@ -128,7 +101,7 @@ def bench_index(settings: Settings, sizes=(2_000, 20_000), lookups: int = 50) ->
         rows.append({"stored_hashes": size, "docs_read": len(index.probe_refs(probes[0])),
                      "candidates_checked_mean": round(statistics.mean(candidates), 1),
                      "band_lookup_ms_p50": round(statistics.median(band_times), 1),
-                     "band_lookup_ms_p99": _percentile(band_times, 99),
+                     "band_lookup_ms_p99": percentile(band_times, 99),
                      "linear_scan_ms_p50": round(statistics.median(scan_times), 1)})
     return rows
 
@@ -143,8 +116,8 @@ def _write_all(db, writes: list) -> None:
 
 def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="placeid-bench-"))
-    settings = Settings.from_env(state_dir=state, firestore_port=_free_port(), pubsub_port=_free_port(),
-                                 gcs_port=_free_port(), ingest_port=_free_port(), project="placeid-bench")
+    settings = Settings.from_env(state_dir=state, firestore_port=free_port(), pubsub_port=free_port(),
+                                 gcs_port=free_port(), ingest_port=free_port(), project="placeid-bench")
     os.environ.update(settings.as_env())
     os.environ.update(settings.emulator_env())
     stack = LocalStack(settings)

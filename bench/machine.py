@@ -1,10 +1,11 @@
-"""Description of the machine a benchmark ran on, saved with its numbers."""
+"""Description of the machine a benchmark ran on, saved with its numbers; small helpers the benchmarks share."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,3 +37,29 @@ def save(name: str, results: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **results}, indent=2, default=str) + "\n")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peak_rss_mib(pid: int) -> float:
+    """Largest VmHWM (peak resident set) over a process and its children."""
+    import psutil
+
+    peak = 0
+    for proc in [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True):
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+    return round(peak / 1024, 1)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 1)

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import requests
 from rich.console import Console
 from rich.table import Table
 
@@ -282,13 +283,67 @@ def wait_for_records(settings: Settings, expected: int, timeout_s: float = 1800.
     return status_counts(settings)
 
 
+def _photo_bytes(settings, source: str) -> bytes:
+    """A local file, or a ``gs://BUCKET/OBJECT`` in the configured storage."""
+    if source.startswith("gs://"):
+        from placeid.store import storage_client
+
+        bucket, _, name = source[len("gs://"):].partition("/")
+        return storage_client(settings.project).bucket(bucket).blob(name).download_as_bytes()
+    return Path(source).read_bytes()
+
+
+def predict_photos(settings, url: str, photos: list[tuple[str, str | None]]) -> int:
+    """POST each photo (source, expected place or None) to the predict function and print the answers."""
+    rows, failed = [], 0
+    for source, expected in photos:
+        try:
+            response = requests.post(url, files={"image": (Path(source).name, _photo_bytes(settings, source))},
+                                     timeout=60)
+        except requests.RequestException as exc:
+            raise PlaceidError(f"cannot reach the predict function at {url}: {exc}") from None
+        answer = response.json()
+        if response.status_code != 200:
+            failed += 1
+            rows.append([Path(source).name, expected or "", f"error {response.status_code}: "
+                         f"{answer['error']['message']}", "", "", "", ""])
+            continue
+        place = answer["place"]
+        name = place["name"] if place else f"unknown (nearest: {answer['top_k'][0]['name']})"
+        probability = place["probability"] if place else answer["top_k"][0]["probability"]
+        where = ", ".join(p for p in ((place or {}).get("city"), (place or {}).get("country")) if p)
+        nearby = ", ".join(site["name"] for site in (place or {}).get("nearby", [])[:2])
+        rows.append([Path(source).name[:28], expected or "", name, f"{probability:.2f}", where, nearby,
+                     f"{answer['timing_ms']['total']:.0f}"])
+    _print_table(f"answers from {url}", ["photo", "truth", "answer", "p", "where", "nearby", "ms"], rows)
+    return 1 if failed else 0
+
+
+def cmd_predict(args) -> int:
+    settings = _settings(args)
+    return predict_photos(settings, args.url or settings.url(settings.predict_port) + "/",
+                          [(photo, None) for photo in args.photos])
+
+
+def _held_out_photos(settings, run_dir: Path, count: int) -> list[tuple[str, str | None]]:
+    """A few photos of the run's test split (one per place) and two photos with no landmark."""
+    split = json.loads((run_dir / "split.json").read_text())
+    chosen, seen = [], set()
+    for example in split["examples"]:
+        if example["split"] == "test" and example["label"] not in seen and len(chosen) < count:
+            chosen.append((example["source"], example["label"]))
+            seen.add(example["label"])
+    negatives = sorted((settings.data_dir / "negatives" / "images").rglob("*.jpg"))[-2:]
+    return chosen + [(str(path), "(no landmark)") for path in negatives]
+
+
 def cmd_demo(args) -> int:
     from placeid.collect import labelled_files, upload_folder
     from placeid.stack import LocalStack
 
     settings = _settings(args)
     stack = LocalStack(settings)
-    with console.status("starting the local stack (Firestore, Pub/Sub, Cloud Storage, ingest, bridge)"):
+    with console.status("starting the local stack (Firestore, Pub/Sub, Cloud Storage, ingest, bridge, predict)"):
         stack.up()
     args.files = None
     args.action = "load"
@@ -312,7 +367,14 @@ def cmd_demo(args) -> int:
                                             "--min-int8-agreement", "0.9",
                                             "--out", str(settings.state_dir / "runs")])
     status = cmd_train(train_args)
-    console.print("Stop the stack: placeid stack down")
+    if status:
+        return status
+    console.rule("serve: the predict function answers photos it has never seen")
+    run_dir = max(p.parent for p in (settings.state_dir / "runs").glob("*/manifest.json"))
+    url = settings.url(settings.predict_port) + "/"
+    status = predict_photos(settings, url, _held_out_photos(settings, run_dir, count=8))
+    console.print(f"Try it: open {url} in a browser, or `placeid predict PHOTO...`; offline: "
+                  f"`placeid-edge predict PHOTO --bundle {run_dir}`. Stop the stack: placeid stack down")
     return status
 
 
@@ -324,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local emulators (default) or real Google Cloud (ambient credentials)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="local emulators, ingest function and bridge")
+    stack = sub.add_parser("stack", help="local emulators, ingest and predict functions, bridge")
     stack.add_argument("action", choices=("up", "down", "status"))
     stack.set_defaults(func=cmd_stack)
 
@@ -408,7 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     models_sub.add_parser("rollback")
     models.set_defaults(func=cmd_models)
 
-    demo = sub.add_parser("demo", help="stack up, load the catalog, ingest world30 with progress, summarise")
+    predict = sub.add_parser("predict", help="ask the predict function which place each photo shows")
+    predict.add_argument("photos", nargs="+", metavar="PHOTO", help="a file, or gs://BUCKET/OBJECT")
+    predict.add_argument("--url", help="the predict function (default: the local stack's)")
+    predict.set_defaults(func=cmd_predict)
+
+    demo = sub.add_parser("demo", help="stack up, catalog, ingest world30, train, serve, predict held-out photos")
     demo.set_defaults(func=cmd_demo)
     return parser
 

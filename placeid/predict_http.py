@@ -177,15 +177,26 @@ class PredictService:
                 raise BadRequest("multipart request without an 'image' file field")
             data = upload.read()
         elif mimetype.startswith(RAW_TYPES):
-            data = request.stream.read(self.settings.max_request_bytes + 1)
-            if len(data) > self.settings.max_request_bytes:
-                raise TooLarge(self._too_large_message())
+            data = self._read_body(request)
         else:
             raise UnsupportedMediaType(f"content type {mimetype or '(none)'} is not accepted: send "
                                        "multipart/form-data with an 'image' field, or a raw image/* body")
         if not data:
             raise BadRequest("empty image")
         return data
+
+    def _read_body(self, request: flask.Request) -> bytes:
+        """The raw body, never more than the limit: by its declared length, or in chunks when it is sent
+        chunked (one big read would reserve the whole limit up front, per request)."""
+        if request.content_length is not None:
+            return request.get_data(cache=False)
+        chunks, size = [], 0
+        while chunk := request.stream.read(1 << 20):
+            size += len(chunk)
+            if size > self.settings.max_request_bytes:
+                raise TooLarge(self._too_large_message())
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def _top_k(self, request: flask.Request) -> int:
         raw = request.args.get("top_k")

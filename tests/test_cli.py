@@ -34,9 +34,9 @@ def test_images_summary_and_review_cycle(catalog, bucket, world30_photos, capsys
 def test_stack_status_reports_each_service(settings, capsys):
     assert main(["stack", "status"]) == 0
     out = capsys.readouterr().out
-    for service in ("firestore", "pubsub", "gcs", "ingest", "bridge"):
+    for service in ("firestore", "pubsub", "gcs", "ingest", "bridge", "predict"):
         assert service in out
     report = LocalStack(settings).status()
-    # The session runs the emulators; the function and the bridge are started only by the full-path tests.
+    # The session runs the emulators; the functions and the bridge are started only by the tests that need them.
     assert {name: entry["healthy"] for name, entry in report.items()} == {
-        "firestore": True, "pubsub": True, "gcs": True, "ingest": False, "bridge": False}
+        "firestore": True, "pubsub": True, "gcs": True, "ingest": False, "bridge": False, "predict": False}

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from placeid.cli import main
 from placeid.registry import Registry
 from placeid.stack import LocalStack
 from tests.serving import publish
@@ -53,6 +54,9 @@ def test_real_http_answers_and_hot_swaps_models(predict_server, db, bucket, smal
     wait_for_version(url, first)
     answer = requests.post(url + "/", files={"image": (photo.name, data, "image/jpeg")}, timeout=30).json()
     assert answer["model_version"] == first
+    chunked = requests.post(url + "/", data=iter([data[:1000], data[1000:]]), headers={"Content-Type": "image/jpeg"},
+                            timeout=30)  # no Content-Length: Transfer-Encoding chunked
+    assert chunked.status_code == 200 and chunked.json()["probabilities"] == answer["probabilities"]
 
     second = publish(db, bucket, small_bundle, scratch_dir, version="99990101T000000Z-mobilenet-second")
     wait_for_version(url, second)
@@ -143,3 +147,17 @@ def test_page_in_headless_chromium(predict_server, browser, db, bucket, small_bu
     browser.find_element(By.ID, "image").send_keys(str(not_an_image))
     error = WebDriverWait(browser, 30).until(expected_conditions.visibility_of_element_located((By.ID, "error")))
     assert "415" in error.text
+
+
+def test_placeid_predict_command(predict_server, db, bucket, small_bundle, scratch_dir, held_out_photos, capsys):
+    url, _ = predict_server
+    wait_for_version(url, publish(db, bucket, small_bundle, scratch_dir))
+    photo, _ = held_out_photos[0]
+    expected = requests.post(url + "/", data=photo.read_bytes(), headers={"Content-Type": "image/jpeg"},
+                             timeout=30).json()
+    not_an_image = scratch_dir / "notes.jpg"
+    not_an_image.write_text("not a photo")
+    assert main(["predict", str(photo), str(not_an_image), "--url", url + "/"]) == 1
+    out = capsys.readouterr().out
+    assert (expected["place"]["name"] if expected["place"] else "unknown") in out
+    assert "error 415" in out
