@@ -6,8 +6,12 @@ STAMP  := $(VENV)/.installed
 # The edge package under the older runtime: tflite-runtime 2.14 needs numpy < 2, so it has its own venv.
 TFLITE_VENV  ?= .venv-tflite
 TFLITE_STAMP := $(TFLITE_VENV)/.installed
+# checkov has a large dependency tree of its own: its own venv.
+TOOLS_VENV  ?= .venv-tools
+TOOLS_STAMP = $(TOOLS_VENV)/.checkov-$(CHECKOV_VERSION)
+CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup browser demo test stack-up stack-down stack-status bench clean
+.PHONY: setup browser demo test package stack-up stack-down stack-status bench clean
 
 $(STAMP): pyproject.toml edge/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +25,12 @@ $(TFLITE_STAMP): edge/pyproject.toml
 	$(TFLITE_VENV)/bin/python -m pip install --quiet './edge[tflite-runtime]'
 	touch $(TFLITE_STAMP)
 
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $(TOOLS_STAMP)
+
 # Headless Chromium for the page test (Debian's packages); installed when missing and we may.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
@@ -28,13 +38,16 @@ browser:
 	    || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }; \
 	  else echo "make: the page test needs chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; }
 
-setup: $(STAMP) $(TFLITE_STAMP) browser
+setup: $(STAMP) $(TFLITE_STAMP) $(TOOLS_STAMP) browser
 
 demo: $(STAMP)  ## local stack up, catalog, ingest world30 with progress, summary
 	$(VENV)/bin/placeid demo
 
-test: $(STAMP) $(TFLITE_STAMP) browser  ## the whole suite against the real emulators (and the edge package under both runtimes)
+test: $(STAMP) $(TFLITE_STAMP) $(TOOLS_STAMP) browser  ## the whole suite against the real emulators (and the edge package under both runtimes)
 	$(PY) -m pytest -q
+
+package: $(STAMP)  ## each function's deployable folder and .zip in dist/ (what Terraform and Cloud Build deploy)
+	$(VENV)/bin/placeid package --out dist
 
 stack-up: $(STAMP)
 	$(VENV)/bin/placeid stack up
@@ -52,4 +65,4 @@ bench: $(STAMP)  ## benchmarks (slow; prints tables, saves bench/results/*.json)
 
 clean:
 	-$(VENV)/bin/placeid stack down
-	rm -rf $(VENV) $(TFLITE_VENV) .placeid .pytest_cache
+	rm -rf $(VENV) $(TFLITE_VENV) $(TOOLS_VENV) dist .placeid .pytest_cache

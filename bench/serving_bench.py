@@ -189,7 +189,7 @@ def main() -> int:
         db = firestore_client(settings.project)
         load_catalog(db, read_catalog(bundled_catalog_path()))
         load_catalog(db, read_catalog(settings.world30_dir / "places.json"))
-        registry = Registry(db, ensure_bucket(settings))
+        registry = Registry(db, ensure_bucket(settings, settings.models_bucket_name))
         registry.register(run_dir)
         registry.promote(manifest["version"], force=True)
         photos = make_photos(settings, work)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pygeohash
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid_edge.errors import BadRequest
 from placeid_edge.geo import haversine_km
@@ -74,13 +75,14 @@ def within(db: firestore.Client, collection: str, lat: float, lng: float, radius
     One range query per covering geohash prefix, then an exact great-circle filter."""
     hits: dict[str, NearbyHit] = {}
     for prefix in geohash_cover(lat, lng, radius_km):
-        query = db.collection(collection).order_by("geohash")
+        query = db.collection(collection)
+        if kind:  # composite index (kind, geohash): placeid/store.py COMPOSITE_INDEXES
+            query = query.where(filter=FieldFilter("kind", "==", kind))
+        query = query.order_by("geohash")
         if prefix:
             query = query.start_at([prefix]).end_at([prefix + "~"])
         for snap in query.stream():
             data = snap.to_dict()
-            if kind and data.get("kind") != kind:
-                continue
             loc = data["location"]
             distance = haversine_km(lat, lng, loc.latitude, loc.longitude)
             if distance <= radius_km:

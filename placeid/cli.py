@@ -17,7 +17,7 @@ from rich.table import Table
 from placeid.config import Settings
 from placeid_edge.errors import PlaceidError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes get wide tables
 
 
 def _settings(args) -> Settings:
@@ -190,7 +190,7 @@ def cmd_train(args) -> int:
         config.augment_views = 1
     places_filter = args.places.split(",") if args.places else None
     db = firestore_client(settings.project)
-    bucket = storage_client(settings.project).bucket(settings.bucket)
+    bucket = storage_client(settings.project).bucket(settings.curated_bucket_name)
     with console.status("loading photos"):
         if args.folder:
             examples = from_folder(args.folder, manifest=args.manifest, limit_per_place=args.limit_per_place,
@@ -212,9 +212,10 @@ def cmd_train(args) -> int:
         return 1
     print_training_summary(out_dir, manifest)
     if args.register or args.promote:
-        registry = Registry(db, bucket)
+        registry = Registry(db, storage_client(settings.project).bucket(settings.models_bucket_name))
         registry.register(out_dir)
-        console.print(f"registered {manifest['version']} at gs://{settings.bucket}/models/{manifest['version']}/")
+        console.print(f"registered {manifest['version']} at gs://{settings.models_bucket_name}/models/"
+                      f"{manifest['version']}/")
         if args.promote:
             try:
                 registry.promote(manifest["version"], force=args.force)
@@ -248,7 +249,8 @@ def cmd_models(args) -> int:
     from placeid.registry import Registry
 
     settings = _settings(args)
-    registry = Registry(firestore_client(settings.project), storage_client(settings.project).bucket(settings.bucket))
+    registry = Registry(firestore_client(settings.project),
+                        storage_client(settings.project).bucket(settings.models_bucket_name))
     if args.action == "promote":
         pointer = registry.promote(args.version, force=args.force)
     elif args.action == "rollback":
@@ -305,17 +307,16 @@ def predict_photos(settings, url: str, photos: list[tuple[str, str | None]]) -> 
         answer = response.json()
         if response.status_code != 200:
             failed += 1
-            rows.append([Path(source).name, expected or "", f"error {response.status_code}: "
-                         f"{answer['error']['message']}", "", "", "", ""])
+            rows.append([Path(source).name[:16], expected or "", f"error {response.status_code}: "
+                         f"{answer['error']['message']}", "", "", ""])
             continue
-        place = answer["place"]
-        name = place["name"] if place else f"unknown (nearest: {answer['top_k'][0]['name']})"
-        probability = place["probability"] if place else answer["top_k"][0]["probability"]
-        where = ", ".join(p for p in ((place or {}).get("city"), (place or {}).get("country")) if p)
+        place, best = answer["place"], answer["top_k"][0]
+        name = place["name"] if place else f"unknown (best guess {best['name']})"
+        probability = place["probability"] if place else best["probability"]
         nearby = ", ".join(site["name"] for site in (place or {}).get("nearby", [])[:2])
-        rows.append([Path(source).name[:28], expected or "", name, f"{probability:.2f}", where, nearby,
+        rows.append([Path(source).name[:16], expected or "", name, f"{probability:.2f}", nearby,
                      f"{answer['timing_ms']['total']:.0f}"])
-    _print_table(f"answers from {url}", ["photo", "truth", "answer", "p", "where", "nearby", "ms"], rows)
+    _print_table(f"answers from {url}", ["photo", "truth", "answer", "p", "nearby", "ms"], rows)
     return 1 if failed else 0
 
 
@@ -323,6 +324,32 @@ def cmd_predict(args) -> int:
     settings = _settings(args)
     return predict_photos(settings, args.url or settings.url(settings.predict_port) + "/",
                           [(photo, None) for photo in args.photos])
+
+
+def cmd_package(args) -> int:
+    from placeid.deploy import FUNCTIONS, package_function
+
+    for name in args.functions or FUNCTIONS:
+        folder = package_function(name, args.out)
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        console.print(f"{name}: {folder}/ ({len(files)} files, {size / 1024:.0f} KiB) and {args.out / (name + '.zip')}")
+    return 0
+
+
+def cmd_infra(args) -> int:
+    from placeid.deploy import INDEXES_FILE, render_indexes
+
+    current = INDEXES_FILE.read_text() if INDEXES_FILE.exists() else ""
+    if args.check:
+        if current != render_indexes():
+            console.print(f"[red]{INDEXES_FILE} is out of date:[/red] run `placeid infra indexes`")
+            return 1
+        console.print(f"{INDEXES_FILE} matches placeid/store.py")
+        return 0
+    INDEXES_FILE.write_text(render_indexes())
+    console.print(f"wrote {INDEXES_FILE}")
+    return 0
 
 
 def _held_out_photos(settings, run_dir: Path, count: int) -> list[tuple[str, str | None]]:
@@ -474,6 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("photos", nargs="+", metavar="PHOTO", help="a file, or gs://BUCKET/OBJECT")
     predict.add_argument("--url", help="the predict function (default: the local stack's)")
     predict.set_defaults(func=cmd_predict)
+
+    package = sub.add_parser("package", help="build each function's deployable folder and .zip")
+    package.add_argument("functions", nargs="*", choices=("ingest", "predict", []), metavar="FUNCTION",
+                         help="ingest and/or predict (default: both)")
+    package.add_argument("--out", type=Path, default=Path("dist"))
+    package.set_defaults(func=cmd_package)
+
+    infra = sub.add_parser("infra", help="files Terraform reads that the code generates")
+    infra.add_argument("what", choices=("indexes",), help="infra/firestore_indexes.tf.json from placeid/store.py")
+    infra.add_argument("--check", action="store_true", help="fail if the file is out of date")
+    infra.set_defaults(func=cmd_infra)
 
     demo = sub.add_parser("demo", help="stack up, catalog, ingest world30, train, serve, predict held-out photos")
     demo.set_defaults(func=cmd_demo)

@@ -14,6 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = {
     "project": "GOOGLE_CLOUD_PROJECT",
     "bucket": "PLACEID_BUCKET",
+    "curated_bucket": "PLACEID_CURATED_BUCKET",
+    "models_bucket": "PLACEID_MODELS_BUCKET",
     "data_dir": "PLACEID_DATA",
     "raw_prefix": "PLACEID_RAW_PREFIX",
     "curated_prefix": "PLACEID_CURATED_PREFIX",
@@ -51,7 +53,9 @@ class Settings:
     """Runtime settings. Build with :meth:`from_env`; every field maps to one variable."""
 
     project: str = "placeid-local"
-    bucket: str = "placeid-local"
+    bucket: str = "placeid-local"  # where photos land (raw/); the only bucket locally
+    curated_bucket: str = ""  # normalised copies (curated/); "" = the same bucket
+    models_bucket: str = ""  # model bundles (models/); "" = the same bucket
     data_dir: Path = REPO_ROOT.parent / "shared" / "data"
     raw_prefix: str = "raw/"
     curated_prefix: str = "curated/"
@@ -127,6 +131,14 @@ class Settings:
     def weights_dir(self) -> Path:
         """ImageNet backbones: ``PLACEID_WEIGHTS``, or ``weights/`` beside the data folder."""
         return Path(os.environ.get("PLACEID_WEIGHTS") or self.data_dir.parent / "weights")
+
+    @property
+    def curated_bucket_name(self) -> str:
+        return self.curated_bucket or self.bucket
+
+    @property
+    def models_bucket_name(self) -> str:
+        return self.models_bucket or self.bucket
 
     @property
     def allowed_origins(self) -> set[str]:

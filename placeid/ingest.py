@@ -336,12 +336,13 @@ class Ingestor:
         """Create-only upload of the normalised copy (a redelivery finds it there), then mark it written."""
         path = record["curated"]["path"]
         jpeg = encode_curated_jpeg(decoded.rgb, self.settings.curated_max_side, self.settings.curated_jpeg_quality)
-        blob = self.gcs.bucket(record["source"]["bucket"]).blob(path)
+        bucket = self.settings.curated_bucket or record["source"]["bucket"]
+        blob = self.gcs.bucket(bucket).blob(path)
         try:
             blob.upload_from_string(jpeg, content_type="image/jpeg", if_generation_match=0)
         except gexc.PreconditionFailed:
             pass  # written by an earlier delivery of this event
-        curated = {"path": path, "uri": f"gs://{record['source']['bucket']}/{path}", "written": True,
+        curated = {"path": path, "uri": f"gs://{bucket}/{path}", "bucket": bucket, "written": True,
                    "bytes": len(jpeg)}
         image_ref.update({"curated": curated, "updated_at": firestore.SERVER_TIMESTAMP}, **self.call_options)
         return dict(record, curated=curated)

@@ -51,7 +51,7 @@ class PredictService:
     def from_settings(cls, settings: Settings | None = None) -> "PredictService":
         settings = settings or Settings.from_env()
         db = firestore_client(settings.project)
-        bucket = storage_client(settings.project).bucket(settings.bucket)
+        bucket = storage_client(settings.project).bucket(settings.models_bucket_name)
         return cls(settings, ModelCache(settings, db, bucket),
                    PlaceDirectory(db, settings.places_ttl_s))
 

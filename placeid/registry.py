@@ -11,13 +11,13 @@ from pathlib import Path
 
 from google.cloud import firestore
 
+from placeid.store import CONFIG, MODELS
 from placeid_edge.bundle import BUNDLE_FILES
 from placeid_edge.errors import BadRequest, NotFound
 
-MODELS = "models"
 #: Bundles live under gs://BUCKET/models/<version>/.
 MODELS_PREFIX = "models/"
-SERVING = ("config", "serving")
+SERVING = (CONFIG, "serving")
 
 
 def verify_run(run_dir: Path) -> dict:

@@ -11,7 +11,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid_edge.errors import BadRequest, NotFound
 from placeid.ingest import ACCEPTED, NEAR_DUPLICATE, QUARANTINED, REJECTED, STATUSES, Ingestor, curated_path
-from placeid.store import IMAGES
+from placeid.store import IMAGES, curated_bucket
 
 REVIEWABLE = (QUARANTINED, NEAR_DUPLICATE)
 
@@ -29,8 +29,9 @@ class Reviewer:
         unknown = set(statuses) - set(STATUSES)
         if unknown:
             raise BadRequest(f"unknown status {', '.join(sorted(unknown))}")
-        query = self.images.where(filter=FieldFilter("status", "in", list(statuses))).limit(limit)
-        return sorted((snap.to_dict() for snap in query.stream()), key=lambda r: r.get("created_at") or 0)
+        query = (self.images.where(filter=FieldFilter("status", "in", list(statuses)))
+                 .order_by("created_at").limit(limit))  # composite index: placeid/store.py COMPOSITE_INDEXES
+        return [snap.to_dict() for snap in query.stream()]
 
     def get(self, image_id: str) -> dict:
         snap = self.images.document(image_id).get()
@@ -109,7 +110,7 @@ class Reviewer:
         update = {"place_id": place_id, "label_source": "review", "updated_at": firestore.SERVER_TIMESTAMP,
                   "review": firestore.ArrayUnion([self._history("relabel", record, to_place_id=place_id, note=note)])}
         if record["status"] == ACCEPTED and record.get("curated", {}).get("written"):
-            bucket = self.ingestor.gcs.bucket(record["source"]["bucket"])
+            bucket = self.ingestor.gcs.bucket(curated_bucket(record))
             new_path = curated_path(self.ingestor.settings, place_id, image_id)
             source_blob = bucket.blob(record["curated"]["path"])
             try:
@@ -127,6 +128,6 @@ class Reviewer:
         if not path:
             return
         try:
-            self.ingestor.gcs.bucket(record["source"]["bucket"]).blob(path).delete()
+            self.ingestor.gcs.bucket(curated_bucket(record)).blob(path).delete()
         except gexc.NotFound:
             pass

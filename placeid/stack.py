@@ -243,7 +243,8 @@ class LocalStack:
         from placeid.store import ensure_bucket
 
         with _env(self.settings.emulator_env()):
-            ensure_bucket(self.settings)
+            for name in {self.settings.bucket, self.settings.curated_bucket_name, self.settings.models_bucket_name}:
+                ensure_bucket(self.settings, name)
 
 
 class _env:

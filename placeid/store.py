@@ -7,6 +7,7 @@ up from FIRESTORE_EMULATOR_HOST / STORAGE_EMULATOR_HOST / PUBSUB_EMULATOR_HOST; 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import google.auth.exceptions
 import requests
@@ -22,6 +23,28 @@ IMAGES = "images"
 NEAR_BANDS = "near_bands"
 CONTENT_CLAIMS = "content_claims"
 FILENAME_CLAIMS = "filename_claims"
+MODELS = "models"
+CONFIG = "config"
+
+
+@dataclass(frozen=True)
+class CompositeIndex:
+    """A Firestore composite index a query of the code needs: ``fields`` are (path, ASCENDING|DESCENDING)."""
+
+    collection: str
+    fields: tuple[tuple[str, str], ...]
+    used_by: str
+
+
+#: Every composite index the code's queries need: the one place they are written down. Terraform's
+#: infra/firestore_indexes.tf.json is generated from it (`placeid infra indexes`; a test keeps them equal).
+COMPOSITE_INDEXES = (
+    CompositeIndex(SITES, (("kind", "ASCENDING"), ("geohash", "ASCENDING")), "catalog.sites_within(kind=...)"),
+    CompositeIndex(IMAGES, (("status", "ASCENDING"), ("created_at", "ASCENDING")), "review.Reviewer.list"),
+)
+#: Fields whose automatic single-field indexes are turned off: maps keyed by image id, never queried, that
+#: would otherwise cost an index entry per key and hit the per-document index-entry limit.
+INDEX_EXEMPTIONS = ((NEAR_BANDS, "members"),)
 
 _TRANSIENT_TYPES = (
     gexc.ServiceUnavailable,
@@ -70,13 +93,21 @@ def firestore_call_options(settings: Settings) -> dict:
     return {"retry": retry, "timeout": settings.firestore_timeout_s}
 
 
-def ensure_bucket(settings: Settings) -> storage.Bucket:
-    """The configured bucket, created if missing (for the local stack; Terraform owns it in the cloud)."""
+def ensure_bucket(settings: Settings, name: str | None = None) -> storage.Bucket:
+    """A bucket (default: the raw one), created if missing (for the local stack; Terraform owns them in the
+    cloud)."""
     client = storage_client(settings.project)
-    bucket = client.bucket(settings.bucket)
+    name = name or settings.bucket
+    bucket = client.bucket(name)
     if not bucket.exists():
         try:
-            bucket = client.create_bucket(settings.bucket)
+            bucket = client.create_bucket(name)
         except gexc.Conflict:
             pass
     return bucket
+
+
+def curated_bucket(record: dict) -> str:
+    """The bucket holding an image record's curated copy (records written before it was stored: the source's)."""
+    curated = record.get("curated") or {}
+    return curated.get("bucket") or record["source"]["bucket"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 from functions_framework import create_app
 from PIL import Image
 

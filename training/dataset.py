@@ -14,6 +14,7 @@ import numpy as np
 from placeid.hashing import PHash
 from placeid_edge.imaging import open_image, to_rgb
 from placeid.ingest import accepted_images
+from placeid.store import curated_bucket
 
 SPLITS = ("train", "val", "test")
 
@@ -76,7 +77,8 @@ def from_folder(folder: Path | str, manifest: Path | str | None = None, limit_pe
 
 
 def from_firestore(db, bucket, limit_per_place: int | None = None, places: list[str] | None = None) -> list[Example]:
-    """Accepted images and their labels from ``images`` and their curated copies from the bucket."""
+    """Accepted images and their labels from ``images`` and their curated copies (read from the bucket each
+    record names, through ``bucket``'s client)."""
     records = sorted((s.to_dict() for s in accepted_images(db).stream()), key=lambda r: r["image_id"])
     if places:
         records = [r for r in records if r["place_id"] in places]
@@ -86,7 +88,7 @@ def from_firestore(db, bucket, limit_per_place: int | None = None, places: list[
         curated = record.get("curated") or {}
         if not curated.get("written"):
             continue
-        data = bucket.blob(curated["path"]).download_as_bytes()
+        data = bucket.client.bucket(curated_bucket(record)).blob(curated["path"]).download_as_bytes()
         examples.append(Example(curated["uri"], record["place_id"], record["hashes"]["file_sha256"]["hex"],
                                 record["hashes"]["phash"]["hex"], data))
     return examples
