@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml edge/pyproject.toml
 $(TFLITE_STAMP): edge/pyproject.toml
 	$(PYTHON) -m venv $(TFLITE_VENV)
 	$(TFLITE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(TFLITE_VENV)/bin/python -m pip install --quiet './edge[tflite-runtime]'
+	$(TFLITE_VENV)/bin/python -m pip install --quiet -e './edge[tflite-runtime]'  # editable: runs this checkout's code
 	touch $(TFLITE_STAMP)
 
 $(TOOLS_STAMP):

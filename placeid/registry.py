@@ -12,7 +12,7 @@ from pathlib import Path
 from google.cloud import firestore
 
 from placeid.store import CONFIG, MODELS
-from placeid_edge.bundle import BUNDLE_FILES
+from placeid_edge.bundle import bundle_files
 from placeid_edge.errors import BadRequest, NotFound
 
 #: Bundles live under gs://BUCKET/models/<version>/.
@@ -32,8 +32,9 @@ def verify_run(run_dir: Path) -> dict:
 
 def write_bundle_zip(run_dir: Path, path: Path) -> Path:
     """The bundle as one .zip (model, labels, places snapshot, manifest): what the edge package loads."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in BUNDLE_FILES:
+        for name in bundle_files(manifest):
             archive.write(run_dir / name, name)
     return path
 

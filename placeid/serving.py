@@ -4,6 +4,7 @@ TTL). Both keep answering from what they have when Firestore or the bucket falte
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from placeid.config import Settings
 from placeid.logs import get_logger, log
 from placeid.registry import MODELS_PREFIX, Registry
 from placeid.store import is_transient
-from placeid_edge.bundle import BUNDLE_FILES, Bundle
+from placeid_edge.bundle import Bundle, bundle_files
 from placeid_edge.errors import InvalidBundle, ModelUnavailable, PlaceidError, TransientError
 
 logger = get_logger("placeid.serving")
@@ -94,11 +95,9 @@ class ModelCache:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.cache_dir))
         try:
-            for name in BUNDLE_FILES:
-                blob = self.bucket.blob(f"{MODELS_PREFIX}{version}/{name}")
-                if not blob.exists():
-                    raise InvalidBundle(f"model {version} has no {name} in gs://{self.bucket.name}/")
-                blob.download_to_filename(str(staging / name))
+            self._download(version, "manifest.json", staging)
+            for name in bundle_files(json.loads((staging / "manifest.json").read_text()))[1:]:
+                self._download(version, name, staging)
             bundle = Bundle.load(staging, pool_size=self.pool_size)
             try:
                 staging.rename(folder)
@@ -108,6 +107,13 @@ class ModelCache:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+    def _download(self, version: str, name: str, folder: Path) -> None:
+        blob = self.bucket.blob(f"{MODELS_PREFIX}{version}/{name}")
+        if not blob.exists():
+            raise InvalidBundle(f"model {version} has no {name} in gs://{self.bucket.name}/")
+        blob.download_to_filename(str(folder / name))
 
 
 class PlaceDirectory:

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from placeid.registry import Registry
-from placeid_edge.bundle import BUNDLE_FILES
+from placeid_edge.bundle import bundle_files
 
 
 def publish(db, bucket, run_dir: Path, scratch: Path, version: str | None = None, force: bool = False) -> str:
@@ -19,7 +19,7 @@ def publish(db, bucket, run_dir: Path, scratch: Path, version: str | None = None
     manifest = json.loads((run_dir / "manifest.json").read_text())
     copy = scratch / f"bundle-{version or manifest['version']}"
     copy.mkdir(parents=True, exist_ok=True)
-    for name in BUNDLE_FILES:
+    for name in bundle_files(manifest):
         shutil.copy(run_dir / name, copy / name)
     manifest["version"] = version or manifest["version"]
     manifest["files"] = {name: digest for name, digest in manifest["files"].items() if (copy / name).exists()}

@@ -18,7 +18,8 @@ from placeid_edge.preprocess import prepare_image
 from placeid_edge.runtime import TFLiteModel
 from tests.events import upload
 from training.dataset import from_firestore, load_negatives
-from placeid.registry import BUNDLE_FILES, Registry, verify_run, write_bundle_zip
+from placeid.registry import Registry, verify_run, write_bundle_zip
+from placeid_edge.bundle import bundle_files
 from training.train import TrainConfig, TrainingFailed, default_weights, run_training
 
 PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]
@@ -58,7 +59,7 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
     assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert verify_run(run_dir) == manifest
     with zipfile.ZipFile(write_bundle_zip(run_dir, scratch_dir / "bundle.zip")) as bundle:
-        assert sorted(bundle.namelist()) == sorted(BUNDLE_FILES)
+        assert sorted(bundle.namelist()) == sorted(bundle_files(manifest))
         assert json.loads(bundle.read("manifest.json")) == manifest
         assert hashlib.sha256(bundle.read("model_int8.tflite")).hexdigest() == manifest["files"]["model_int8.tflite"]
     labels = json.loads((run_dir / "labels.json").read_text())
@@ -75,8 +76,15 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
     assert metrics["model_bytes"]["int8"] < metrics["model_bytes"]["float16"]
 
     # The int8 model: uint8 image in, one probability per label out, and it agrees with the metrics.
-    model = TFLiteModel(run_dir / "model_int8.tflite")
+    model = TFLiteModel(run_dir / "model_int8.tflite", num_classes=len(labels))
     assert model.size == 96 and model.input["dtype"] == np.uint8
+    assert model.has_features and int(model.features_output["shape"][-1]) == 1280  # for the unknown-place rule
+    rule = manifest["rejection"]
+    assert set(metrics["unknown_place"]["rule"]["candidates_landmark_rejected"]) == {"max_prob", "margin",
+                                                                                   "prototype_cosine"}
+    if rule["kind"] == "prototype_cosine":
+        prototypes = np.load(run_dir / rule["prototypes_file"])
+        assert prototypes.shape[1] == 1280 and len(prototypes) <= 4 * config.prototypes_per_place
     test = [e for e in examples if e.split == "test"]
     probs = model.predict(np.stack([prepare_image(e.content, 96) for e in test]))
     assert probs.shape == (len(test), len(labels))

@@ -89,3 +89,26 @@ def test_flips_only_where_the_place_allows():
         assert out[:, :16].mean() < out[:, -16:].mean()
     flipped = [augment(tf.constant(image), 64, True).numpy() for _ in range(20)]
     assert any(out[:, :16].mean() > out[:, -16:].mean() for out in flipped)
+
+
+def test_prototype_rule_rejects_what_looks_like_no_known_place():
+    """Features near a place's prototypes are known; features pointing elsewhere are unknown, even when the
+    softmax is sure."""
+    from training.evaluate import place_prototypes
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 16)  # three places, each a direction in feature space
+    targets = np.repeat(np.arange(3), 20)
+    features = centres[targets] + rng.normal(0, 0.1, (60, 16))
+    prototypes = place_prototypes(features, targets, per_place=2)
+    assert prototypes.shape == (6, 16)
+    landmarks = centres[np.arange(3).repeat(5)] + rng.normal(0, 0.1, (15, 16))
+    negatives = np.abs(rng.normal(0, 1, (40, 16))) * (np.arange(16) >= 3)  # other directions
+    confident = np.tile([0.98, 0.01, 0.01], (40, 1))  # the softmax cannot tell them apart
+    rule = calibrate_rejection(np.tile([0.98, 0.01, 0.01], (15, 1)), confident, 0.05, landmarks, negatives,
+                               prototypes)
+    assert rule["kind"] == "prototype_cosine"
+    assert apply_rejection(confident, rule, negatives, prototypes).mean() >= 0.95
+    assert not apply_rejection(confident[:15], rule, landmarks, prototypes).any()
+    with pytest.raises(ValueError, match="needs the model's features"):
+        apply_rejection(confident, rule)

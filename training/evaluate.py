@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placeid_edge.rejection import RULE_KINDS, rejection_score
+from placeid_edge.rejection import FEATURE_RULES, RULE_KINDS, rejection_score, unit_rows
 
 
 def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels: list[str]) -> dict:
@@ -35,22 +35,43 @@ def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels:
     }
 
 
-def calibrate_rejection(landmark_probs: np.ndarray, negative_probs: np.ndarray, target_false_accept: float) -> dict:
+def place_prototypes(features: np.ndarray, targets: np.ndarray, per_place: int, seed: int = 0) -> np.ndarray:
+    """``per_place`` unit-length k-means centres of each place's training features (fewer for a place with
+    fewer photos), stacked: what the ``prototype_cosine`` rule compares a photo with."""
+    from scipy.cluster.vq import kmeans2
+
+    centres = []
+    for place in np.unique(targets):
+        points = unit_rows(features[targets == place]).astype(np.float64)
+        count = min(per_place, len(points))
+        found, _ = kmeans2(points, count, seed=seed, minit="++") if count > 1 else (points[:1], None)
+        centres.append(unit_rows(found))
+    return np.concatenate(centres).astype(np.float32)
+
+
+def calibrate_rejection(landmark_probs: np.ndarray, negative_probs: np.ndarray, target_false_accept: float,
+                        landmark_features: np.ndarray | None = None, negative_features: np.ndarray | None = None,
+                        prototypes: np.ndarray | None = None) -> dict:
     """Pick the rule and threshold that reject all but ``target_false_accept`` of the negative photos while
-    wrongly rejecting the fewest landmark photos. A photo is 'unknown' when its score < threshold."""
-    best = None
+    wrongly rejecting the fewest landmark photos. A photo is 'unknown' when its score < threshold. Rules on
+    features are candidates when the features and prototypes are given."""
+    best, candidates = None, {}
     for kind in RULE_KINDS:
-        negative_scores = np.sort(rejection_score(negative_probs, kind))
+        if kind in FEATURE_RULES and (prototypes is None or landmark_features is None):
+            continue
+        negative_scores = np.sort(rejection_score(negative_probs, kind, negative_features, prototypes))
         allowed = int(np.floor(target_false_accept * len(negative_scores)))
         # The threshold sits just above the highest negative score that must still be rejected.
         index = len(negative_scores) - allowed - 1
-        threshold = float(np.nextafter(negative_scores[index], 1.0)) if index >= 0 else 0.0
-        landmark_rejected = float((rejection_score(landmark_probs, kind) < threshold).mean())
+        threshold = float(np.nextafter(negative_scores[index], np.inf)) if index >= 0 else 0.0
+        scores = rejection_score(landmark_probs, kind, landmark_features, prototypes)
+        landmark_rejected = float((scores < threshold).mean())
+        candidates[kind] = round(landmark_rejected, 4)
         candidate = {"kind": kind, "threshold": threshold, "target_false_accept": target_false_accept,
                      "calibration_landmark_rejected": landmark_rejected}
         if best is None or landmark_rejected < best["calibration_landmark_rejected"]:
             best = candidate
-    return best
+    return {**best, "candidates_landmark_rejected": candidates}
 
 
 @contextmanager

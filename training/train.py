@@ -19,7 +19,8 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from placeid_edge.preprocess import PREPROCESSING, prepare_image  # noqa: E402
-from placeid_edge.rejection import apply_rejection  # noqa: E402
+from placeid_edge.bundle import PROTOTYPES_FILE  # noqa: E402
+from placeid_edge.rejection import FEATURE_RULES, apply_rejection  # noqa: E402
 from placeid_edge.runtime import TFLiteModel  # noqa: E402
 from training import evaluate  # noqa: E402
 from training.dataset import SPLITS, Example, class_weights, fingerprint, split_examples  # noqa: E402
@@ -51,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     near_dup_distance: int = 8
     target_false_accept: float = 0.10
+    prototypes_per_place: int = 5  # k-means centres of each place's features, for the prototype_cosine rule
     min_int8_agreement: float = 0.99
     representative_count: int = 500
     patience: int = 5
@@ -115,7 +117,8 @@ def flippable_classes(config: TrainConfig, labels: list[str]) -> np.ndarray:
 
 
 def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: list[str], weights_path, logs: Path):
-    """Build and train; returns (keras model, history)."""
+    """Build and train; returns (keras model, the model that ships, history). The model that ships has a
+    second output, the pooled features, for the unknown-place rule (the paper's CNN has none)."""
     num_classes = len(labels)
     flippable = flippable_classes(config, labels)
     keras.utils.set_random_seed(config.seed)
@@ -135,7 +138,7 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: lis
     if config.model == "paper":
         built = build_paper_cnn(num_classes, config.size)
         fit_on_images(built.model, "paper", config.learning_rate, config.paper_epochs)
-        return built.model, history
+        return built.model, built.model, history
 
     built = build_transfer(num_classes, config.size, config.backbone, weights_path, config.head_dropout)
     # Clean and augmented views of the training photos, kept as uint8 (what the int8 model is fed).
@@ -172,7 +175,9 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: lis
         int8_features = TFLiteModel(to_tflite(built.feature_model, "int8", representative)).predict
         features = np.concatenate([float_features(view_images), int8_features(view_images)])
         fit_head("robust_head", features, np.tile(view_targets, 2), float_features(x_val))
-    return built.model, history
+    shipped = keras.Model(built.model.inputs, [built.model.outputs[0], built.feature_model.outputs[0]],
+                          name=f"{built.model.name}_with_features")
+    return built.model, shipped, history
 
 
 def run_training(config: TrainConfig, examples: list[Example], negatives: list[Example], places: list[dict],
@@ -190,7 +195,7 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
     targets = {name: np.array([index[e.label] for e in part]) for name, part in parts.items()}
     neg_images = preprocess_all(negatives, config.size, config.show_progress) if negatives else None
 
-    model, history = train_model(config, arrays["train"], targets["train"], arrays["val"], targets["val"],
+    model, shipped, history = train_model(config, arrays["train"], targets["train"], arrays["val"], targets["val"],
                                  labels, weights_path, out_dir / "tensorboard")
     train_seconds = time.monotonic() - started
 
@@ -198,15 +203,16 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
     representative = representative_images(arrays["train"], config)
     tflite_files = {"float16": out_dir / "model_float16.tflite", "int8": out_dir / "model_int8.tflite"}
     for quantization, path in tflite_files.items():
-        path.write_bytes(to_tflite(model, quantization, representative))
+        path.write_bytes(to_tflite(shipped, quantization, representative))
 
     # Each model on the test photos; the int8 model (the one that ships) also on what calibrates its rule.
     keras_test = model.predict(arrays["test"].astype(np.float32), batch_size=64, verbose=0)
-    runners = {quantization: TFLiteModel(path) for quantization, path in tflite_files.items()}
+    runners = {quantization: TFLiteModel(path, num_classes=len(labels)) for quantization, path in tflite_files.items()}
     int8 = runners["int8"]
-    int8_probs = {"test": int8.predict(arrays["test"]), "val": int8.predict(arrays["val"])}
-    if neg_images is not None:
-        int8_probs["negatives"] = int8.predict(neg_images)
+    int8_probs, int8_features = {}, {}
+    for name, images in (("test", arrays["test"]), ("val", arrays["val"]), ("negatives", neg_images)):
+        if images is not None:
+            int8_probs[name], int8_features[name] = int8.run(images)
     test_probs = {"keras": keras_test, "tflite_float16": runners["float16"].predict(arrays["test"]),
                   "tflite_int8": int8_probs["test"]}
     metrics = {name: evaluate.classification_metrics(probs, targets["test"], labels)
@@ -216,17 +222,30 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
 
     # Unknown place: calibrate on the validation photos and half the negatives; report on the test photos and
     # the other half. Calibrated on the int8 model, the one that ships.
-    rule = None
+    rule, prototypes = None, None
     if neg_images is not None:
+        if int8.has_features:  # prototypes from the training photos' features, as the shipped model sees them
+            prototypes = evaluate.place_prototypes(int8.run(arrays["train"])[1], targets["train"],
+                                                   config.prototypes_per_place, config.seed)
         calibration = np.array([int(hashlib.sha256(n.sha256.encode()).hexdigest(), 16) % 2 == 0 for n in negatives])
+
+        def features(name, rows=slice(None)):
+            return int8_features[name][rows] if prototypes is not None else None
+
         rule = evaluate.calibrate_rejection(int8_probs["val"], int8_probs["negatives"][calibration],
-                                            config.target_false_accept)
+                                            config.target_false_accept, features("val"),
+                                            features("negatives", calibration), prototypes)
+        if rule["kind"] in FEATURE_RULES:
+            np.save(out_dir / PROTOTYPES_FILE, prototypes.astype(np.float16))
+            rule["prototypes_file"] = PROTOTYPES_FILE
         metrics["unknown_place"] = {
             "rule": rule,
             "negatives_calibration": int(calibration.sum()),
             "negatives_evaluation": int((~calibration).sum()),
-            "negatives_rejected": float(apply_rejection(int8_probs["negatives"][~calibration], rule).mean()),
-            "landmarks_wrongly_rejected": float(apply_rejection(int8_probs["test"], rule).mean()),
+            "negatives_rejected": float(apply_rejection(int8_probs["negatives"][~calibration], rule,
+                                                        features("negatives", ~calibration), prototypes).mean()),
+            "landmarks_wrongly_rejected": float(apply_rejection(int8_probs["test"], rule, features("test"),
+                                                                prototypes).mean()),
         }
 
     sizes = {name: path.stat().st_size for name, path in tflite_files.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 import zipfile
@@ -16,15 +17,23 @@ from placeid_edge.errors import InvalidBundle
 from placeid_edge.geo import exif_gps, haversine_km
 from placeid_edge.imaging import ValidationLimits, open_image
 from placeid_edge.preprocess import PREPROCESSING, ImageSource, prepare_image
-from placeid_edge.rejection import apply_rejection, rejection_score
+from placeid_edge.rejection import FEATURE_RULES, rejection_score
 from placeid_edge.runtime import TFLiteModel
 
-#: Files a bundle is made of; a run folder may hold more (the manifest lists their hashes too).
+#: Files every bundle is made of; a run folder may hold more (the manifest lists their hashes too).
 BUNDLE_FILES = ("manifest.json", "model_int8.tflite", "labels.json", "places.json")
+#: The unknown-place rule's prototypes, in bundles whose rule compares features (float16, places x k rows).
+PROTOTYPES_FILE = "prototypes.npy"
 #: Known places listed next to an EXIF GPS position.
 GPS_NEAREST = 3
 
 PlaceLookup = Callable[[str], "dict | None"]
+
+
+def bundle_files(manifest: dict) -> list[str]:
+    """The files of the bundle this manifest describes: the fixed ones and those its rule names."""
+    extra = (manifest.get("rejection") or {}).get("prototypes_file")
+    return list(BUNDLE_FILES) + ([extra] if extra else [])
 
 
 def map_url(lat: float, lng: float) -> str:
@@ -63,7 +72,7 @@ class Bundle:
 
     def __init__(self, manifest: dict, model: bytes, labels: list[str], places: list[dict], source: str = "",
                  num_threads: int | None = None, pool_size: int = 1,
-                 limits: ValidationLimits = ValidationLimits()):
+                 limits: ValidationLimits = ValidationLimits(), prototypes: np.ndarray | None = None):
         self.manifest = manifest
         self.source = source
         self.version: str = manifest["version"]
@@ -75,7 +84,12 @@ class Bundle:
         if preprocessing != PREPROCESSING["name"]:
             raise InvalidBundle(f"{source}: built for preprocessing {preprocessing!r}, this package does "
                                 f"{PREPROCESSING['name']!r}")
-        self.model = TFLiteModel(model, num_threads=num_threads, pool_size=pool_size)
+        self.prototypes = prototypes
+        self.model = TFLiteModel(model, num_threads=num_threads, pool_size=pool_size, num_classes=len(labels))
+        if self.rejection and self.rejection["kind"] in FEATURE_RULES and (
+                prototypes is None or not self.model.has_features):
+            raise InvalidBundle(f"{source}: its unknown-place rule compares features, but the bundle lacks "
+                                "prototypes or the model has no features output")
         if self.model.size != manifest["input_size"] or self.model.num_classes != len(labels):
             raise InvalidBundle(f"{source}: model takes {self.model.size}px and gives {self.model.num_classes} "
                                 f"scores; the manifest says {manifest['input_size']}px and labels.json has "
@@ -92,6 +106,9 @@ class Bundle:
             manifest = json.loads(_read_member(path, archive, "manifest.json"))
             names = {key: manifest.get(f"{key}_file", default) for key, default in
                      (("model", "model_int8.tflite"), ("labels", "labels.json"), ("places", "places.json"))}
+            prototypes_file = (manifest.get("rejection") or {}).get("prototypes_file")
+            if prototypes_file:
+                names["prototypes"] = prototypes_file
             contents = {}
             for key, name in names.items():
                 data = _read_member(path, archive, name)
@@ -104,8 +121,9 @@ class Bundle:
         finally:
             if archive:
                 archive.close()
+        prototypes = np.load(io.BytesIO(contents["prototypes"])) if "prototypes" in contents else None
         return cls(manifest, contents["model"], json.loads(contents["labels"]), json.loads(contents["places"]),
-                   source=str(path), **options)
+                   source=str(path), prototypes=prototypes, **options)
 
     @property
     def input_size(self) -> int:
@@ -136,14 +154,15 @@ class Bundle:
         if not pixels:
             return []
         begin = time.perf_counter()
-        probabilities = self.model.predict(np.stack(pixels))
+        probabilities, features = self.model.run(np.stack(pixels))
         inference_ms = (time.perf_counter() - begin) * 1000 / len(pixels)
-        unknown = apply_rejection(probabilities, self.rejection)
+        scores = (rejection_score(probabilities, self.rejection["kind"], features, self.prototypes)
+                  if self.rejection else [None] * len(pixels))
         total_ms = (time.perf_counter() - started) * 1000 / len(pixels)
-        return [self._describe(probs, bool(is_unknown), gps, top_k, lookup,
+        return [self._describe(probs, score, gps, top_k, lookup,
                                {"decode": round(decode, 2), "inference": round(inference_ms, 2),
                                 "total": round(total_ms, 2)})
-                for probs, is_unknown, gps, decode in zip(probabilities, unknown, positions, decode_ms)]
+                for probs, score, gps, decode in zip(probabilities, scores, positions, decode_ms)]
 
     def place_details(self, place_id: str, lookup: PlaceLookup | None = None) -> dict | None:
         """A place from ``lookup`` when it knows it, else from the bundle's snapshot."""
@@ -153,11 +172,12 @@ class Bundle:
     def _name(self, place_id: str) -> str:
         return self.places.get(place_id, {}).get("name", place_id)
 
-    def _describe(self, probabilities: np.ndarray, unknown: bool, gps: tuple[float, float] | None, top_k: int,
-                  lookup: PlaceLookup | None, timing_ms: dict) -> Prediction:
+    def _describe(self, probabilities: np.ndarray, score: float | None, gps: tuple[float, float] | None,
+                  top_k: int, lookup: PlaceLookup | None, timing_ms: dict) -> Prediction:
         order = np.argsort(-probabilities)[: max(1, top_k)]
         candidates = [{"place_id": self.labels[i], "name": self._name(self.labels[i]),
                        "probability": round(float(probabilities[i]), 6)} for i in order]
+        unknown = score is not None and bool(score < self.rejection["threshold"])
         place = None
         if not unknown:
             best = candidates[0]
@@ -168,10 +188,9 @@ class Bundle:
             if location:
                 place["map_url"] = map_url(location["lat"], location["lng"])
         rejection = None
-        if self.rejection:
-            score = float(rejection_score(probabilities, self.rejection["kind"])[0])
+        if score is not None:
             rejection = {"rule": self.rejection["kind"], "threshold": self.rejection["threshold"],
-                         "score": round(score, 6)}
+                         "score": round(float(score), 6)}
         return Prediction(self.version, unknown, place, candidates,
                           [round(float(p), 6) for p in probabilities], rejection, self._gps(gps), timing_ms)
 

@@ -1,15 +1,34 @@
 """The unknown-place rule stored in a bundle's manifest (``rejection``): calibrated by training, applied by
-every consumer of a bundle."""
+every consumer of a bundle. A photo is 'unknown' when its score is below the rule's threshold.
+
+- ``max_prob``: the top-1 probability;
+- ``margin``: top-1 minus top-2 probability;
+- ``prototype_cosine``: the cosine similarity of the photo's pooled features (the model's second output) to
+  the nearest of a few prototypes per place (k-means centres of the training photos' features, stored in
+  the bundle): photos far from every known place's look are unknown, however confident the softmax is."""
 
 from __future__ import annotations
 
 import numpy as np
 
-RULE_KINDS = ("max_prob", "margin")
+RULE_KINDS = ("max_prob", "margin", "prototype_cosine")
+FEATURE_RULES = ("prototype_cosine",)
 
 
-def rejection_score(probabilities: np.ndarray, kind: str) -> np.ndarray:
-    """Confidence under a rule: ``max_prob`` (top-1 probability) or ``margin`` (top-1 minus top-2)."""
+def unit_rows(values: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    values = np.asarray(values, dtype=np.float32)
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    return values / np.where(norms > 0, norms, 1.0)
+
+
+def rejection_score(probabilities: np.ndarray, kind: str, features: np.ndarray | None = None,
+                    prototypes: np.ndarray | None = None) -> np.ndarray:
+    """Each photo's confidence under the rule ``kind`` (higher = more likely a known place)."""
+    if kind == "prototype_cosine":
+        if features is None or prototypes is None:
+            raise ValueError("the prototype_cosine rule needs the model's features and the bundle's prototypes")
+        return (unit_rows(np.atleast_2d(features)) @ unit_rows(prototypes).T).max(axis=1)
     ordered = np.sort(np.atleast_2d(probabilities), axis=1)
     if kind == "max_prob":
         return ordered[:, -1]
@@ -18,9 +37,10 @@ def rejection_score(probabilities: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown rule {kind!r}; expected one of {', '.join(RULE_KINDS)}")
 
 
-def apply_rejection(probabilities: np.ndarray, rule: dict | None) -> np.ndarray:
+def apply_rejection(probabilities: np.ndarray, rule: dict | None, features: np.ndarray | None = None,
+                    prototypes: np.ndarray | None = None) -> np.ndarray:
     """True where the photo is answered 'unknown place' (never, when the bundle has no rule)."""
     probabilities = np.atleast_2d(probabilities)
     if not rule:
         return np.zeros(len(probabilities), dtype=bool)
-    return rejection_score(probabilities, rule["kind"]) < rule["threshold"]
+    return rejection_score(probabilities, rule["kind"], features, prototypes) < rule["threshold"]

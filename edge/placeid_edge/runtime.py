@@ -48,14 +48,15 @@ class TFLiteModel:
     Thread-safe: each call borrows an interpreter from a pool of at most ``pool_size`` (made on demand), so up
     to ``pool_size`` threads run inference at the same time and the rest wait."""
 
-    def __init__(self, model: Path | str | bytes, num_threads: int | None = None, pool_size: int = 1):
+    def __init__(self, model: Path | str | bytes, num_threads: int | None = None, pool_size: int = 1,
+                 num_classes: int | None = None):
         self._interpreter_class, self.runtime = load_interpreter_class()
         self._content = bytes(model) if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
         self._num_threads = num_threads
         self.pool_size = max(1, int(pool_size))
         first = self._new_interpreter()
         self.input = first.get_input_details()[0]
-        self.output = first.get_output_details()[0]
+        self.output, self.features_output = _scores_and_features(first.get_output_details(), num_classes)
         self.size = int(self.input["shape"][1])
         self.num_classes = int(self.output["shape"][-1])
         self._idle: queue.LifoQueue = queue.LifoQueue()
@@ -92,21 +93,49 @@ class TFLiteModel:
             return np.clip(np.rint(images.astype(np.float32) / scale + zero), -128, 127).astype(np.int8)
         return images.astype(dtype)
 
-    def _dequantize_output(self, values: np.ndarray) -> np.ndarray:
-        scale, zero = self.output["quantization"]
-        if self.output["dtype"] in (np.uint8, np.int8) and scale:
+    @staticmethod
+    def _dequantize(details: dict, values: np.ndarray) -> np.ndarray:
+        scale, zero = details["quantization"]
+        if details["dtype"] in (np.uint8, np.int8) and scale:
             return (values.astype(np.float32) - zero) * scale
         return values.astype(np.float32)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for a batch of uint8 RGB images ``(n, size, size, 3)``, one invocation each."""
+    @property
+    def has_features(self) -> bool:
+        return self.features_output is not None
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and, when the model has that output, the pooled features for a batch of uint8 RGB
+        images ``(n, size, size, 3)``, one invocation each."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
-        results = []
+        scores, features = [], []
         with self._borrow() as interpreter:
             for image in images:
                 interpreter.set_tensor(self.input["index"], self._quantize_input(image[None]))
                 interpreter.invoke()
-                results.append(self._dequantize_output(interpreter.get_tensor(self.output["index"]))[0])
-        return np.stack(results)
+                scores.append(self._dequantize(self.output, interpreter.get_tensor(self.output["index"]))[0])
+                if self.features_output is not None:
+                    raw = interpreter.get_tensor(self.features_output["index"])
+                    features.append(self._dequantize(self.features_output, raw)[0])
+        return np.stack(scores), (np.stack(features) if features else None)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch of uint8 RGB images ``(n, size, size, 3)``."""
+        return self.run(images)[0]
+
+
+def _scores_and_features(outputs: list[dict], num_classes: int | None) -> tuple[dict, dict | None]:
+    """Which output holds the class probabilities and which (if any) the pooled features: by width, which
+    needs ``num_classes`` when there are two outputs."""
+    if len(outputs) == 1:
+        return outputs[0], None
+    if num_classes is None:
+        raise ValueError("this model has several outputs: pass num_classes to tell the scores apart")
+    scores = [o for o in outputs if int(o["shape"][-1]) == num_classes]
+    others = [o for o in outputs if int(o["shape"][-1]) != num_classes]
+    if len(scores) != 1 or len(others) != 1:
+        raise ValueError(f"cannot tell scores ({num_classes} wide) from features among outputs of widths "
+                         f"{[int(o['shape'][-1]) for o in outputs]}")
+    return scores[0], others[0]
