@@ -41,6 +41,7 @@ class ModelCache:
         self.cache_dir = Path(settings.model_cache_dir)
         self._bundle: Bundle | None = None
         self._next_check = 0.0
+        self._unavailable: PlaceidError | None = None
         self._lock = threading.Lock()
 
     @property
@@ -49,21 +50,23 @@ class ModelCache:
 
     def bundle(self) -> Bundle:
         """The bundle to answer with. Raises :class:`ModelUnavailable` (503) while there is none."""
-        current = self._bundle
-        if current is None or time.monotonic() >= self._next_check:
+        if time.monotonic() >= self._next_check:
             # With a bundle in hand nobody waits for a refresh; without one, everybody waits for the first.
-            if self._lock.acquire(blocking=current is None):
+            if self._lock.acquire(blocking=self._bundle is None):
                 try:
-                    if self._bundle is None or time.monotonic() >= self._next_check:
+                    if time.monotonic() >= self._next_check:
                         self._refresh()
                 finally:
                     self._lock.release()
         if self._bundle is None:
-            raise ModelUnavailable("no model is being served yet: train one and promote it "
-                                   "(placeid train --promote)")
+            raise self._unavailable or ModelUnavailable(
+                "no model is being served yet: train one and promote it (placeid train --promote)")
         return self._bundle
 
     def _refresh(self) -> None:
+        """Re-read the pointer and load a new version; without a bundle, a failure is kept (and raised) until
+        the next check, at most every NO_MODEL_RECHECK_S seconds."""
+        self._unavailable = None
         try:
             pointer = self.registry.serving()
             if pointer is None:
@@ -76,11 +79,16 @@ class ModelCache:
                 log(logger, logging.INFO, "serving model", model_version=version, previous_version=previous)
         except Exception as exc:  # noqa: BLE001 - keep serving the current model through any fault
             if self._bundle is None:
-                if isinstance(exc, PlaceidError):
+                self._next_check = time.monotonic() + NO_MODEL_RECHECK_S
+                if isinstance(exc, InvalidBundle):
+                    self._unavailable = ModelUnavailable(f"the promoted model cannot be served: {exc.message}")
+                elif isinstance(exc, PlaceidError):
+                    self._unavailable = exc
+                elif is_transient(exc):
+                    self._unavailable = TransientError(f"cannot reach the model registry: {exc}")
+                else:
                     raise
-                if is_transient(exc):
-                    raise TransientError(f"cannot reach the model registry: {exc}") from None
-                raise
+                return
             log(logger, logging.WARNING, "model refresh failed; still serving the current model",
                 model_version=self._bundle.version, error=str(exc))
         self._next_check = time.monotonic() + self.settings.model_refresh_s

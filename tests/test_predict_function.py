@@ -235,3 +235,10 @@ def test_exif_gps_is_reported_with_the_nearest_known_places(client, data_dir):
     assert gps["lat"] == pytest.approx(27.1735, abs=1e-3) and gps["lng"] == pytest.approx(78.0425, abs=1e-3)
     assert gps["nearest_places"][0]["place_id"] == "taj-mahal" and gps["nearest_places"][0]["distance_km"] < 1
     assert client.post("/", data=jpeg_bytes(), content_type="image/jpeg").get_json()["gps"] is None
+
+
+def test_a_promoted_bundle_that_cannot_be_fetched_is_503(make_client, served, bucket):
+    bucket.blob(f"models/{served}/labels.json").delete()
+    client = make_client()
+    body = assert_error(client.post("/", data=jpeg_bytes(), content_type="image/jpeg"), 503, "model_unavailable")
+    assert "labels.json" in body["error"]["message"]
