@@ -139,6 +139,7 @@ def normalize_place(raw: dict, order: int) -> tuple[dict, list[tuple[str, dict]]
         }
         nearby.append(site)
         sites.append((f"{place_id}--{_slug(item['name'])}", site))
+    nearby.sort(key=lambda site: site["distance_km"])  # nearest first, as answers list them
     place = {
         "place_id": place_id,
         "order": int(raw.get("paper_index", order)),

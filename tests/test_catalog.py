@@ -79,3 +79,11 @@ def test_bad_catalog_input_is_a_clear_error(db, scratch_dir):
         sites_within(db, 37.5, 127.0, 1.0, kind="casino")
     with pytest.raises(BadRequest):
         geohash_cover(37.5, 127.0, 0)
+
+
+def test_nearby_sites_are_listed_nearest_first(catalog):
+    places = list_places(catalog)
+    assert len(places) == 42
+    for place in places:
+        distances = [site["distance_km"] for site in place["nearby"]]
+        assert distances == sorted(distances), place["place_id"]
