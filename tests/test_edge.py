@@ -100,6 +100,9 @@ def test_altered_or_foreign_bundles_are_refused(small_bundle, scratch_dir):
         Bundle.load(scratch_dir / "partial.zip")
     with pytest.raises(InvalidBundle, match="no bundle"):
         Bundle.load(scratch_dir / "nowhere")
+    (scratch_dir / "not-a.zip").write_text("hello")
+    with pytest.raises(InvalidBundle, match="not a readable bundle"):
+        Bundle.load(scratch_dir / "not-a.zip")
 
 
 def test_exif_gps_photo(bundle, data_dir):

@@ -101,8 +101,9 @@ class Bundle:
         path = Path(path)
         if not path.exists():
             raise InvalidBundle(f"no bundle at {path}")
-        archive = zipfile.ZipFile(path) if path.is_file() else None
+        archive = None
         try:
+            archive = zipfile.ZipFile(path) if path.is_file() else None
             manifest = json.loads(_read_member(path, archive, "manifest.json"))
             names = {key: manifest.get(f"{key}_file", default) for key, default in
                      (("model", "model_int8.tflite"), ("labels", "labels.json"), ("places", "places.json"))}
