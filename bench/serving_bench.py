@@ -48,9 +48,9 @@ def make_photos(settings: Settings, folder: Path) -> dict[str, bytes]:
     """12-megapixel JPEGs (4000x3000, quality 90) made from world30 originals: ``12mp`` from the original of
     median size (a typical web photo, upscaled: smooth, little data to decode) and ``12mp_camera`` from the
     largest (a camera photo's detail: the most data); and a 320-px world30 photo."""
-    originals = sorted((p for p in (settings.data_dir / "world30-originals").glob("*/*")
-                        if p.suffix.lower() in (".jpg", ".jpeg")),
-                       key=lambda p: (Image.open(p).size[0] * Image.open(p).size[1], p.name))
+    sizes = {p: Image.open(p).size for p in (settings.data_dir / "world30-originals").glob("*/*")
+             if p.suffix.lower() in (".jpg", ".jpeg")}
+    originals = sorted(sizes, key=lambda p: (sizes[p][0] * sizes[p][1], p.name))
     sources = {"12mp": originals[len(originals) // 2], "12mp_camera": originals[-1]}
     images = {name: ImageOps.fit(ImageOps.exif_transpose(Image.open(path)).convert("RGB"), (4000, 3000),
                                  Image.Resampling.LANCZOS) for name, path in sources.items()}
@@ -65,7 +65,7 @@ def make_photos(settings: Settings, folder: Path) -> dict[str, bytes]:
         (folder / f"{name}.jpg").write_bytes(photos[name])
     for name, path in sources.items():
         console.print(f"{name}: {len(photos[name]) / 1e6:.1f} MB, from {path.parent.name}/{path.name} "
-                      f"({Image.open(path).size[0]}x{Image.open(path).size[1]})")
+                      f"({sizes[path][0]}x{sizes[path][1]})")
     return photos
 
 

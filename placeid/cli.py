@@ -212,7 +212,7 @@ def cmd_train(args) -> int:
         return 1
     print_training_summary(out_dir, manifest)
     if args.register or args.promote:
-        registry = Registry(db, storage_client(settings.project).bucket(settings.models_bucket_name))
+        registry = Registry.from_settings(settings)
         registry.register(out_dir)
         console.print(f"registered {manifest['version']} at gs://{settings.models_bucket_name}/models/"
                       f"{manifest['version']}/")
@@ -245,12 +245,9 @@ def print_training_summary(out_dir: Path, manifest: dict) -> None:
 
 
 def cmd_models(args) -> int:
-    from placeid.store import firestore_client, storage_client
     from placeid.registry import Registry
 
-    settings = _settings(args)
-    registry = Registry(firestore_client(settings.project),
-                        storage_client(settings.project).bucket(settings.models_bucket_name))
+    registry = Registry.from_settings(_settings(args))
     if args.action == "promote":
         pointer = registry.promote(args.version, force=args.force)
     elif args.action == "rollback":
@@ -340,8 +337,8 @@ def cmd_package(args) -> int:
 def cmd_infra(args) -> int:
     from placeid.deploy import INDEXES_FILE, render_indexes
 
-    current = INDEXES_FILE.read_text() if INDEXES_FILE.exists() else ""
     if args.check:
+        current = INDEXES_FILE.read_text() if INDEXES_FILE.exists() else ""
         if current != render_indexes():
             console.print(f"[red]{INDEXES_FILE} is out of date:[/red] run `placeid infra indexes`")
             return 1

@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from placeid.config import Settings
 from placeid.logs import get_logger, log
 from placeid.serving import ModelCache, PlaceDirectory
-from placeid.store import firestore_client, storage_client
+from placeid.registry import Registry
 from placeid_edge.errors import BadRequest, NotFound, PlaceidError, TooLarge, UnsupportedMediaType
 
 logger = get_logger("placeid.predict")
@@ -50,10 +50,8 @@ class PredictService:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> "PredictService":
         settings = settings or Settings.from_env()
-        db = firestore_client(settings.project)
-        bucket = storage_client(settings.project).bucket(settings.models_bucket_name)
-        return cls(settings, ModelCache(settings, db, bucket),
-                   PlaceDirectory(db, settings.places_ttl_s))
+        registry = Registry.from_settings(settings)
+        return cls(settings, ModelCache(settings, registry), PlaceDirectory(registry.db, settings.places_ttl_s))
 
     # -- routing ---------------------------------------------------------------------------------------------
     def handle(self, request: flask.Request) -> flask.Response:
@@ -126,11 +124,11 @@ class PredictService:
         if len(instances) > self.settings.max_batch:
             raise BadRequest(f"{len(instances)} instances in one request; at most {self.settings.max_batch}")
         images = [_decode_instance(instance, index) for index, instance in enumerate(instances)]
-        bundle = self.models.bundle()
+        bundle, top_k = self.models.bundle(), self._top_k(request)
         predictions = []
         for index, image in enumerate(images):
             try:
-                prediction = bundle.predict(image, top_k=self._top_k(request), lookup=self.places.lookup)
+                prediction = bundle.predict(image, top_k=top_k, lookup=self.places.lookup)
             except PlaceidError as exc:
                 exc.message = f"instances[{index}]: {exc.message}"
                 raise

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from google.cloud import firestore
 
-from placeid.store import CONFIG, MODELS
+from placeid.config import Settings
+from placeid.store import CONFIG, MODELS, firestore_client, storage_client
 from placeid_edge.bundle import bundle_files
 from placeid_edge.errors import BadRequest, NotFound
 
@@ -46,6 +47,12 @@ class Registry:
         self.db = db
         self.bucket = bucket
         self.prefix = prefix
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Registry":
+        """The registry of the configured project: its Firestore and its models bucket."""
+        return cls(firestore_client(settings.project),
+                   storage_client(settings.project).bucket(settings.models_bucket_name))
 
     def register(self, run_dir: Path) -> dict:
         """Upload a verified run folder and record it; returns the Firestore record."""

@@ -13,12 +13,13 @@ import threading
 import time
 from pathlib import Path
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from placeid.catalog import get_place, to_json
 from placeid.config import Settings
 from placeid.logs import get_logger, log
-from placeid.registry import MODELS_PREFIX, Registry
+from placeid.registry import Registry
 from placeid.store import is_transient
 from placeid_edge.bundle import Bundle, bundle_files
 from placeid_edge.errors import InvalidBundle, ModelUnavailable, PlaceidError, TransientError
@@ -34,10 +35,10 @@ class ModelCache:
     downloaded into a temporary folder, verified against its manifest, loaded, and only then renamed into
     the cache and swapped in, so a half-downloaded model is never served."""
 
-    def __init__(self, settings: Settings, db: firestore.Client, bucket):
+    def __init__(self, settings: Settings, registry: Registry):
         self.settings = settings
-        self.registry = Registry(db, bucket)
-        self.bucket = bucket
+        self.registry = registry
+        self.bucket = registry.bucket
         self.cache_dir = Path(settings.model_cache_dir)
         self._bundle: Bundle | None = None
         self._next_check = 0.0
@@ -116,12 +117,11 @@ class ModelCache:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-
     def _download(self, version: str, name: str, folder: Path) -> None:
-        blob = self.bucket.blob(f"{MODELS_PREFIX}{version}/{name}")
-        if not blob.exists():
-            raise InvalidBundle(f"model {version} has no {name} in gs://{self.bucket.name}/")
-        blob.download_to_filename(str(folder / name))
+        try:
+            self.bucket.blob(f"{self.registry.prefix}{version}/{name}").download_to_filename(str(folder / name))
+        except gexc.NotFound:
+            raise InvalidBundle(f"model {version} has no {name} in gs://{self.bucket.name}/") from None
 
 
 class PlaceDirectory:
