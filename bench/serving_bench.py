@@ -169,12 +169,12 @@ def in_process(run_dir: Path, photos: dict[str, bytes]) -> dict:
 
 
 def newest_run() -> Path:
-    """The newest run under .placeid/runs with a manifest, full-size (224 px) runs first."""
+    """The newest run under .placeid/runs with a manifest, the largest input size (full training) first."""
     runs = [p.parent for p in (REPO_ROOT / ".placeid" / "runs").glob("*/manifest.json")]
     if not runs:
         sys.exit("no run with a manifest under .placeid/runs: train one (placeid train --folder "
                  "$PLACEID_DATA/world30/images --out .placeid/runs) or pass --run")
-    return max(runs, key=lambda run: (json.loads((run / "manifest.json").read_text())["input_size"] == 224, run.name))
+    return max(runs, key=lambda run: (json.loads((run / "manifest.json").read_text())["input_size"], run.name))
 
 
 def main() -> int:

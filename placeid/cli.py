@@ -178,9 +178,11 @@ def cmd_train(args) -> int:
 
     settings = _settings(args)
     config = TrainConfig(model=args.model, backbone=args.backbone, backbone_weights=args.backbone_weights,
-                         size=args.size or (64 if args.model == "paper" else 224), seed=args.seed,
+                         size=args.size or (64 if args.model == "paper" else TrainConfig.size), seed=args.seed,
                          near_dup_distance=settings.near_dup_distance, min_int8_agreement=args.min_int8_agreement,
                          no_flip_places=args.no_flip.split(",") if args.no_flip else [])
+    if args.mirror_below_margin is not None:
+        config.mirror_below_margin = args.mirror_below_margin
     if args.min_int8_agreement < 0.99:
         console.print(f"[yellow]parity gate lowered to {args.min_int8_agreement:.0%} int8/Keras agreement "
                       "(the product requires 99%)[/yellow]")
@@ -466,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="mobilenet_v2_1.0",
                        choices=("mobilenet_v2_1.0", "mobilenet_v2_0.35", "mobilenet_v1_0.25"))
     train.add_argument("--backbone-weights", help="weights file, or 'imagenet' where the internet is reachable")
-    train.add_argument("--size", type=int, help="input size (default 224; 64 for the paper's CNN)")
+    train.add_argument("--size", type=int, help="input size (default 256; 64 for the paper's CNN)")
     train.add_argument("--fast", action="store_true", help="a quick model for demos and smoke tests")
     train.add_argument("--folder", type=Path, help="train offline from FOLDER/<place_id>/*")
     train.add_argument("--manifest", type=Path, help="manifest.jsonl of file,place_id rows (with --folder)")
@@ -475,7 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--limit-per-place", type=int)
     train.add_argument("--no-negatives", action="store_true", help="skip the unknown-place calibration")
     train.add_argument("--no-flip", help="comma-separated place ids never mirrored in augmentation (text, "
-                       "asymmetric facades)")
+                       "asymmetric facades); any of them also turns the mirror pass off")
+    train.add_argument("--mirror-below-margin", type=float,
+                       help="answers whose top-1 - top-2 margin is below this are averaged with the mirror "
+                            "image's (0 = never; default 0.5, TrainConfig)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--min-int8-agreement", type=float, default=0.99,
                        help="parity gate: least int8/Keras top-1 agreement on the test split (default 0.99)")

@@ -20,7 +20,8 @@ from placeid.config import REPO_ROOT
 from placeid.registry import write_bundle_zip
 from placeid_edge.bundle import Bundle
 from placeid_edge.errors import InvalidBundle, InvalidImage, UnsupportedMediaType
-from placeid_edge.runtime import load_interpreter_class
+from placeid_edge.preprocess import prepare_image
+from placeid_edge.runtime import load_interpreter_class, run_with_mirror
 
 TFLITE_VENV = Path(os.environ.get("PLACEID_TFLITE_VENV", REPO_ROOT / ".venv-tflite"))
 
@@ -66,6 +67,26 @@ def test_answers_on_held_out_photos(bundle, held_out_photos):
             right += prediction.place["place_id"] == place
     assert right >= len(held_out_photos) // 2, f"{right} of {len(held_out_photos)} held-out photos right"
 
+
+
+def test_unsure_answers_are_averaged_with_the_mirror_image(bundle, held_out_photos):
+    """Photos under the bundle's margin get a second, mirrored pass (probabilities and features averaged);
+    sure ones are answered from one pass."""
+    photos = [photo for photo, _ in held_out_photos]
+    pixels = np.stack([prepare_image(photo, bundle.input_size) for photo in photos])
+    plain, plain_features = bundle.model.run(pixels)
+    mirrored, mirrored_features = bundle.model.run(np.ascontiguousarray(pixels[:, :, ::-1]))
+    top_two = np.sort(plain, axis=1)[:, -2:]
+    unsure = top_two[:, 1] - top_two[:, 0] < bundle.mirror_below_margin
+    assert bundle.mirror_below_margin == 0.5 and unsure.any() and not unsure.all(), unsure
+    expected = np.where(unsure[:, None], (plain + mirrored) / 2, plain)
+    expected_features = np.where(unsure[:, None], (plain_features + mirrored_features) / 2, plain_features)
+    probabilities, features = run_with_mirror(bundle.model.run, pixels, bundle.mirror_below_margin)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+    np.testing.assert_allclose(features, expected_features, atol=1e-5)
+    answers = bundle.predict_batch(photos, top_k=2)
+    np.testing.assert_allclose([answer.probabilities for answer in answers], expected, atol=1e-5)
+    assert np.array_equal(run_with_mirror(bundle.model.run, pixels, 0.0)[0], plain)
 
 def test_pil_images_bytes_and_paths_are_the_same_photo(bundle, held_out_photos):
     photo, _ = held_out_photos[0]

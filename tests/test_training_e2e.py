@@ -15,7 +15,7 @@ from placeid.catalog import list_places, to_json
 from placeid_edge.errors import BadRequest
 from placeid.ingest import Ingestor, StoredObject
 from placeid_edge.preprocess import prepare_image
-from placeid_edge.runtime import TFLiteModel
+from placeid_edge.runtime import TFLiteModel, run_with_mirror
 from tests.events import upload
 from training.dataset import from_firestore, load_negatives
 from placeid.registry import Registry, verify_run, write_bundle_zip
@@ -86,10 +86,20 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
         prototypes = np.load(run_dir / rule["prototypes_file"])
         assert prototypes.shape[1] == 1280 and len(prototypes) <= 4 * config.prototypes_per_place
     test = [e for e in examples if e.split == "test"]
-    probs = model.predict(np.stack([prepare_image(e.content, 96) for e in test]))
+    pixels = np.stack([prepare_image(e.content, 96) for e in test])
+    assert manifest["mirror_below_margin"] == config.mirror_below_margin > 0  # every place may be mirrored
+    probs = run_with_mirror(model.run, pixels, manifest["mirror_below_margin"])[0]
     assert probs.shape == (len(test), len(labels))
     top1 = float(np.mean([labels[i] == e.label for i, e in zip(probs.argmax(1), test)]))
     assert top1 == pytest.approx(metrics["tflite_int8"]["top1"])
+    # The SavedModel answers as TensorFlow Serving would, with the same mirror step, matching Keras' metrics.
+    import tensorflow as tf
+
+    serving = tf.saved_model.load(str(run_dir / "saved_model")).signatures["serving_default"]
+    answer = serving(images=tf.constant(pixels))
+    assert [c.decode() for c in answer["classes"].numpy()] == [labels[i] for i in answer["scores"].numpy().argmax(1)]
+    served_top1 = float(np.mean([labels[i] == e.label for i, e in zip(answer["scores"].numpy().argmax(1), test)]))
+    assert served_top1 == pytest.approx(metrics["keras"]["top1"])
 
     # Registry: register, promote, refuse a worse model, force it, roll back.
     registry = Registry(db, bucket)

@@ -75,11 +75,14 @@ def test_classification_metrics_on_a_known_confusion():
 def test_flips_only_where_the_place_allows():
     import tensorflow as tf
 
-    from training.train import TrainConfig, augment, flippable_classes
+    from training.train import TrainConfig, augment, effective_mirror_margin, flippable_classes
 
     config = TrainConfig(no_flip_places=["louvre"])
     assert flippable_classes(config, ["eiffel-tower", "louvre"]).tolist() == [True, False]
     assert not flippable_classes(TrainConfig(flip=False), ["eiffel-tower"]).any()
+    # The mirror pass at inference needs every place to be mirror-safe.
+    assert effective_mirror_margin(config, ["eiffel-tower", "louvre"]) == 0.0
+    assert effective_mirror_margin(config, ["eiffel-tower"]) == config.mirror_below_margin == 0.5
     # A left-dark, right-bright image keeps its sides when flipping is not allowed.
     image = np.zeros((64, 64, 3), np.uint8)
     image[:, 32:] = 255
@@ -112,3 +115,54 @@ def test_prototype_rule_rejects_what_looks_like_no_known_place():
     assert not apply_rejection(confident[:15], rule, landmarks, prototypes).any()
     with pytest.raises(ValueError, match="needs the model's features"):
         apply_rejection(confident, rule)
+
+
+def test_snapped_kernels_are_exactly_what_the_int8_model_stores():
+    """After snapping, the int8 conversion stores each kernel without further rounding: dequantized TFLite
+    weights equal the Keras kernels (so Keras and int8 differ only by activation rounding)."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from training.export import to_tflite
+    from training.models import snap_weights_to_int8
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(5, activation="softmax", name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    before = {name: model.get_layer(name).get_weights()[0] for name in ("conv", "depthwise", "dense")}
+    assert snap_weights_to_int8(model) == 3
+    kernels = {name: model.get_layer(name).get_weights()[0] for name in before}
+    for name, kernel in kernels.items():
+        assert 0 < np.abs(kernel - before[name]).max() <= np.abs(before[name]).max() / 127 / 2 + 1e-7
+    images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype(np.uint8)
+    interpreter = Interpreter(model_content=to_tflite(model, "int8", images))
+    stored = []
+    for detail in interpreter.get_tensor_details():
+        scales = detail["quantization_parameters"]["scales"]
+        if detail["dtype"] == np.int8 and len(detail["shape"]) >= 2 and len(scales) > 1:
+            values = interpreter.get_tensor(detail["index"]).astype(np.float32)
+            axis = detail["quantization_parameters"]["quantized_dimension"]
+            shape = [1] * values.ndim
+            shape[axis] = -1
+            stored.append(np.sort((values * scales.reshape(shape)).ravel()))
+    expected = [np.sort(kernel.ravel()) for kernel in kernels.values()]
+    assert len(stored) == 3
+    for got, want in zip(sorted(stored, key=len), sorted(expected, key=len)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+
+def test_fine_tuning_starts_at_a_layer_the_backbone_has():
+    from training.models import build_transfer, unfreeze_top
+
+    built = build_transfer(3, 32, "mobilenet_v2_0.35", None)
+    with pytest.raises(ValueError, match="no layer 'block_99_expand'"):
+        unfreeze_top(built.backbone, "block_99_expand")
+    trainable = unfreeze_top(built.backbone, "block_16_expand")
+    assert trainable == sum(layer.trainable for layer in built.backbone.layers) > 0
+    assert not built.backbone.get_layer("block_15_expand").trainable
+    assert not any(layer.trainable for layer in built.backbone.layers if "_BN" in layer.name or "bn" in layer.name)

@@ -9,22 +9,32 @@ import tensorflow as tf
 
 
 class _Serving(tf.Module):
-    def __init__(self, model, labels: list[str], size: int):
+    def __init__(self, model, labels: list[str], size: int, mirror_below_margin: float):
         super().__init__()
         self.model = model
         self.labels = tf.constant(labels)
+        self.mirror_below_margin = mirror_below_margin
         self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8,
                                                                                name="images")])
 
     def _serve(self, images):
-        scores = self.model(tf.cast(images, tf.float32), training=False)
+        pixels = tf.cast(images, tf.float32)
+        scores = self.model(pixels, training=False)
+        if self.mirror_below_margin > 0:  # as placeid_edge.runtime.run_with_mirror answers
+            top_two = tf.math.top_k(scores, 2).values
+            unsure = top_two[:, 0] - top_two[:, 1] < self.mirror_below_margin
+            scores = tf.cond(tf.reduce_any(unsure),
+                             lambda: tf.where(unsure[:, None],
+                                              (scores + self.model(tf.reverse(pixels, [2]), training=False)) / 2, scores),
+                             lambda: scores)
         return {"scores": scores, "classes": tf.gather(self.labels, tf.argmax(scores, axis=-1))}
 
 
-def export_saved_model(model, labels: list[str], size: int, path: Path) -> Path:
+def export_saved_model(model, labels: list[str], size: int, path: Path, mirror_below_margin: float = 0.0) -> Path:
     """SavedModel whose ``serving_default`` takes uint8 ``images`` and returns ``scores`` (label order) and
-    ``classes`` (the top label), as TensorFlow Serving serves it."""
-    module = _Serving(model, labels, size)
+    ``classes`` (the top label), as TensorFlow Serving serves it; unsure scores are averaged with the mirror
+    image's, as the bundle does."""
+    module = _Serving(model, labels, size, mirror_below_margin)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 #: Backbones from ../shared/weights: constructor arguments and the Keras layer where fine-tuning starts.
@@ -75,6 +76,8 @@ def build_transfer(num_classes: int, size: int, backbone_name: str, weights: str
 def unfreeze_top(backbone: keras.Model, from_layer: str) -> int:
     """Make the backbone trainable from ``from_layer`` on (BatchNorm layers stay frozen). Returns how many
     layers train."""
+    if from_layer not in {layer.name for layer in backbone.layers}:
+        raise ValueError(f"{backbone.name} has no layer {from_layer!r} to fine-tune from")
     backbone.trainable = True
     trainable, count = False, 0
     for layer in backbone.layers:
@@ -83,3 +86,37 @@ def unfreeze_top(backbone: keras.Model, from_layer: str) -> int:
         layer.trainable = trainable and not isinstance(layer, layers.BatchNormalization)
         count += int(layer.trainable)
     return count
+
+
+def _leaf_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def snap_weights_to_int8(model: keras.Model) -> int:
+    """Round every Conv2D, DepthwiseConv2D and Dense kernel onto the grid the int8 converter will use
+    (symmetric, per output channel, scale = max|w| / 127), so the Keras model and its int8 TFLite conversion
+    share the same weights and differ only by activation rounding (the weight half of quantization-aware
+    training). Frozen BatchNorm folds a per-channel factor into these kernels, which keeps them on the grid.
+    Returns how many kernels were rounded."""
+    count = 0
+    for layer in _leaf_layers(model):
+        if isinstance(layer, layers.DepthwiseConv2D):
+            channel_axes = (2, 3)  # (h, w, in, multiplier): one scale per (in, multiplier) pair
+        elif isinstance(layer, (layers.Conv2D, layers.Dense)):
+            channel_axes = (-1,)
+        else:
+            continue
+        weights = layer.get_weights()
+        kernel = weights[0]
+        reduce_axes = tuple(a for a in range(kernel.ndim) if a not in {c % kernel.ndim for c in channel_axes})
+        scale = np.abs(kernel).max(axis=reduce_axes, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        weights[0] = (np.round(kernel / scale) * scale).astype(kernel.dtype)
+        layer.set_weights(weights)
+        count += 1
+    return count
+

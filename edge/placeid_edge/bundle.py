@@ -18,7 +18,7 @@ from placeid_edge.geo import exif_gps, haversine_km
 from placeid_edge.imaging import ValidationLimits, open_image
 from placeid_edge.preprocess import PREPROCESSING, ImageSource, prepare_image
 from placeid_edge.rejection import FEATURE_RULES, rejection_score
-from placeid_edge.runtime import TFLiteModel
+from placeid_edge.runtime import TFLiteModel, run_with_mirror
 
 #: Files every bundle is made of; a run folder may hold more (the manifest lists their hashes too).
 BUNDLE_FILES = ("manifest.json", "model_int8.tflite", "labels.json", "places.json")
@@ -79,6 +79,7 @@ class Bundle:
         self.labels = labels
         self.places = {place["place_id"]: place for place in places}
         self.rejection: dict | None = manifest.get("rejection")
+        self.mirror_below_margin = float(manifest.get("mirror_below_margin") or 0.0)
         self.limits = limits
         preprocessing = manifest.get("preprocessing", {}).get("name")
         if preprocessing != PREPROCESSING["name"]:
@@ -132,8 +133,8 @@ class Bundle:
 
     def metadata(self) -> dict:
         """What a client needs to read results: version, labels, input size, preprocessing, rule, metrics."""
-        keys = ("version", "created", "model", "input_size", "preprocessing", "rejection", "metrics",
-                "data_fingerprint")
+        keys = ("version", "created", "model", "input_size", "preprocessing", "rejection", "mirror_below_margin",
+                "metrics", "data_fingerprint")
         return {**{key: self.manifest.get(key) for key in keys}, "labels": self.labels, "runtime": self.model.runtime}
 
     def predict(self, image: ImageSource, top_k: int = 3, lookup: PlaceLookup | None = None) -> Prediction:
@@ -155,7 +156,7 @@ class Bundle:
         if not pixels:
             return []
         begin = time.perf_counter()
-        probabilities, features = self.model.run(np.stack(pixels))
+        probabilities, features = run_with_mirror(self.model.run, np.stack(pixels), self.mirror_below_margin)
         inference_ms = (time.perf_counter() - begin) * 1000 / len(pixels)
         scores = (rejection_score(probabilities, self.rejection["kind"], features, self.prototypes)
                   if self.rejection else [None] * len(pixels))

@@ -8,6 +8,7 @@ import importlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,6 +125,32 @@ class TFLiteModel:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities for a batch of uint8 RGB images ``(n, size, size, 3)``."""
         return self.run(images)[0]
+
+
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+def run_with_mirror(run: Runner, images: np.ndarray, mirror_below_margin: float = 0.0
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``run`` (images -> probabilities, features or None) on uint8 images ``(n, size, size, 3)``; the photos
+    whose top-1 minus top-2 probability is below ``mirror_below_margin`` run again mirrored left to right, and
+    their two answers (probabilities and features) are averaged. Unsure answers get steadier, and int8 rounding
+    noise partly cancels between the passes, at the cost of a second pass for those photos only. Training
+    measures Keras and every TFLite model through this function, so what it reports is what ships."""
+    images = np.asarray(images)
+    probabilities, features = run(images)
+    if mirror_below_margin <= 0 or probabilities.shape[1] < 2:
+        return probabilities, features
+    top_two = np.sort(probabilities, axis=1)[:, -2:]
+    unsure = np.flatnonzero(top_two[:, 1] - top_two[:, 0] < mirror_below_margin)
+    if len(unsure):
+        mirrored_probabilities, mirrored_features = run(np.ascontiguousarray(images[unsure, :, ::-1]))
+        probabilities = probabilities.copy()
+        probabilities[unsure] = (probabilities[unsure] + mirrored_probabilities) / 2
+        if features is not None:
+            features = features.copy()
+            features[unsure] = (features[unsure] + mirrored_features) / 2
+    return probabilities, features
 
 
 def _scores_and_features(outputs: list[dict], num_classes: int | None) -> tuple[dict, dict | None]:
