@@ -68,7 +68,6 @@ def test_answers_on_held_out_photos(bundle, held_out_photos):
     assert right >= len(held_out_photos) // 2, f"{right} of {len(held_out_photos)} held-out photos right"
 
 
-
 def test_unsure_answers_are_averaged_with_the_mirror_image(bundle, held_out_photos):
     """Photos under the bundle's margin get a second, mirrored pass (probabilities and features averaged);
     sure ones are answered from one pass."""
@@ -87,6 +86,7 @@ def test_unsure_answers_are_averaged_with_the_mirror_image(bundle, held_out_phot
     answers = bundle.predict_batch(photos, top_k=2)
     np.testing.assert_allclose([answer.probabilities for answer in answers], expected, atol=1e-5)
     assert np.array_equal(run_with_mirror(bundle.model.run, pixels, 0.0)[0], plain)
+
 
 def test_pil_images_bytes_and_paths_are_the_same_photo(bundle, held_out_photos):
     photo, _ = held_out_photos[0]

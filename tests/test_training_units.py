@@ -155,7 +155,6 @@ def test_snapped_kernels_are_exactly_what_the_int8_model_stores():
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-
 def test_fine_tuning_starts_at_a_layer_the_backbone_has():
     from training.models import build_transfer, unfreeze_top
 
