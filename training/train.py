@@ -150,15 +150,12 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: lis
         _merge(history, fit.history)
         history.setdefault("stage_boundary", []).append(len(history["loss"]))
 
-    def finish(model: keras.Model, shipped: keras.Model):
-        if config.snap_weights:
-            snap_weights_to_int8(model)
-        return model, shipped, history
-
     if config.model == "paper":
         built = build_paper_cnn(num_classes, config.size)
         fit_on_images(built.model, "paper", config.learning_rate, config.paper_epochs)
-        return finish(built.model, built.model)
+        if config.snap_weights:
+            snap_weights_to_int8(built.model)
+        return built.model, built.model, history
 
     built = build_transfer(num_classes, config.size, config.backbone, weights_path, config.head_dropout)
     # Clean and augmented views of the training photos, kept as uint8 (what the int8 model is fed).
@@ -198,9 +195,11 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: lis
         int8_features = TFLiteModel(to_tflite(built.feature_model, "int8", representative)).predict
         features = np.concatenate([float_features(view_images), int8_features(view_images)])
         fit_head("robust_head", features, np.tile(view_targets, 2), float_features(x_val))
+    if config.snap_weights:  # the backbone is snapped already
+        snap_weights_to_int8(built.head)
     shipped = keras.Model(built.model.inputs, [built.model.outputs[0], built.feature_model.outputs[0]],
                           name=f"{built.model.name}_with_features")
-    return finish(built.model, shipped)
+    return built.model, shipped, history
 
 
 def run_training(config: TrainConfig, examples: list[Example], negatives: list[Example], places: list[dict],

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from placeid_edge.rejection import rejection_score
+
 
 #: Runtimes in the order they are tried; ``PLACEID_TFLITE_RUNTIME`` names one to use instead.
 RUNTIMES = {
@@ -141,8 +143,7 @@ def run_with_mirror(run: Runner, images: np.ndarray, mirror_below_margin: float 
     probabilities, features = run(images)
     if mirror_below_margin <= 0 or probabilities.shape[1] < 2:
         return probabilities, features
-    top_two = np.sort(probabilities, axis=1)[:, -2:]
-    unsure = np.flatnonzero(top_two[:, 1] - top_two[:, 0] < mirror_below_margin)
+    unsure = np.flatnonzero(rejection_score(probabilities, "margin") < mirror_below_margin)
     if len(unsure):
         mirrored_probabilities, mirrored_features = run(np.ascontiguousarray(images[unsure, :, ::-1]))
         probabilities = probabilities.copy()
