@@ -1,6 +1,8 @@
-"""Training benchmark on world30 (group-aware split): the default model and the paper's CNN side by side.
+"""Training benchmark on world30 (group-aware split): the default model, the same with the top of its backbone
+fine-tuned, and the paper's CNN, side by side.
 
-    python bench/training_bench.py [--only default|paper]   # prints a table, saves bench/results/training.json
+    python bench/training_bench.py [--only default|fine_tuned|paper]   # prints a table, saves
+                                                                       # bench/results/training.json
 
 Keys saved per model: test-split top-1/top-3/macro F1 for Keras, TFLite float16 and int8; int8 vs Keras top-1
 agreement; model sizes in bytes; unknown-place rule and its rates (negatives rejected, test landmark photos
@@ -28,6 +30,9 @@ from training.train import TrainConfig, TrainingFailed, default_weights, run_tra
 GOALS = {"default_top1": 0.90, "int8_max_bytes": 4 * 2**20, "int8_agreement": 0.99, "negatives_rejected": 0.90,
          "landmarks_wrongly_rejected": 0.05, "train_seconds": 1200}
 
+CONFIGS = {"default": TrainConfig(), "fine_tuned": TrainConfig(fine_tune_epochs=10),
+           "paper": TrainConfig(model="paper", size=64)}
+
 
 def summarize(out_dir: Path, error: str | None) -> dict:
     metrics = json.loads((out_dir / "metrics.json").read_text())
@@ -42,7 +47,7 @@ def summarize(out_dir: Path, error: str | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=("default", "paper"))
+    parser.add_argument("--only", choices=tuple(CONFIGS))
     args = parser.parse_args()
     settings = Settings.from_env()
     examples = from_folder(settings.world30_dir / "images")
@@ -50,7 +55,7 @@ def main() -> None:
     places = catalog_snapshot(read_catalog(settings.world30_dir / "places.json"))
     previous = json.loads((RESULTS / "training.json").read_text()) if (RESULTS / "training.json").exists() else {}
     results = previous.get("models", {})
-    for name, config in (("default", TrainConfig()), ("paper", TrainConfig(model="paper", size=64))):
+    for name, config in CONFIGS.items():
         if args.only and args.only != name:
             continue
         out_dir = Path(tempfile.mkdtemp(prefix=f"placeid-train-{name}-"))
@@ -60,7 +65,8 @@ def main() -> None:
         except TrainingFailed as exc:
             error = str(exc)
         results[name] = {"config": {"model": config.model, "backbone": config.backbone if config.model != "paper"
-                                    else None, "size": config.size}, **summarize(out_dir, error),
+                                    else None, "size": config.size, "fine_tune_epochs": config.fine_tune_epochs},
+                         **summarize(out_dir, error),
                          "outputs": str(out_dir)}
     path = save("training", {"models": results, "goals": GOALS,
                              "data": {"photos": len(examples), "negatives": len(negatives)}})

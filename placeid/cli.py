@@ -190,6 +190,8 @@ def cmd_train(args) -> int:
         config.size, config.head_epochs, config.fine_tune_epochs, config.paper_epochs = (
             args.size or (64 if args.model == "paper" else 96), 15, 0, 8)
         config.augment_views = 1
+    if args.fine_tune_epochs is not None:
+        config.fine_tune_epochs = args.fine_tune_epochs
     places_filter = args.places.split(",") if args.places else None
     db = firestore_client(settings.project)
     bucket = storage_client(settings.project).bucket(settings.curated_bucket_name)
@@ -469,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("mobilenet_v2_1.0", "mobilenet_v2_0.35", "mobilenet_v1_0.25"))
     train.add_argument("--backbone-weights", help="weights file, or 'imagenet' where the internet is reachable")
     train.add_argument("--size", type=int, help="input size (default 256; 64 for the paper's CNN)")
+    train.add_argument("--fine-tune-epochs", type=int,
+                       help="epochs of fine-tuning the top of the backbone after the head (default: TrainConfig's)")
     train.add_argument("--fast", action="store_true", help="a quick model for demos and smoke tests")
     train.add_argument("--folder", type=Path, help="train offline from FOLDER/<place_id>/*")
     train.add_argument("--manifest", type=Path, help="manifest.jsonl of file,place_id rows (with --folder)")

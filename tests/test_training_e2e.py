@@ -80,11 +80,17 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
     assert model.size == 96 and model.input["dtype"] == np.uint8
     assert model.has_features and int(model.features_output["shape"][-1]) == 1280  # for the unknown-place rule
     rule = manifest["rejection"]
-    assert set(metrics["unknown_place"]["rule"]["candidates_landmark_rejected"]) == {"max_prob", "margin",
-                                                                                   "prototype_cosine"}
-    if rule["kind"] == "prototype_cosine":
+    unknown = metrics["unknown_place"]
+    assert set(unknown["rule"]["candidates_landmark_rejected"]) == {"max_prob", "margin", "prototype_cosine",
+                                                                    "prototype_and_prob"}
+    # Rates on new photos come from rules that did not see them: each negative is held out by one fold.
+    assert len(unknown["folds"]) > 1 and all(fold["held_out"] > 0 for fold in unknown["folds"])
+    assert sum(fold["held_out"] for fold in unknown["folds"]) == unknown["negatives"] == 40
+    assert unknown["landmarks_wrongly_rejected"] == pytest.approx(
+        np.mean([fold["landmarks_wrongly_rejected"] for fold in unknown["folds"]]))
+    if rule["kind"] in ("prototype_cosine", "prototype_and_prob"):
         prototypes = np.load(run_dir / rule["prototypes_file"])
-        assert prototypes.shape[1] == 1280 and len(prototypes) <= 4 * config.prototypes_per_place
+        assert prototypes.shape == (4 * config.prototypes_per_place, 1280)
     test = [e for e in examples if e.split == "test"]
     pixels = np.stack([prepare_image(e.content, 96) for e in test])
     assert manifest["mirror_below_margin"] == config.mirror_below_margin > 0  # every place may be mirrored

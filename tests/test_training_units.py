@@ -63,6 +63,22 @@ def test_rejection_rule_meets_its_false_accept_target():
     assert apply_rejection(negatives, strict).all()
 
 
+def test_threshold_keeps_its_promise_on_new_negatives():
+    """The split-conformal threshold: calibrated on n negatives, it rejects a *new* negative with probability
+    >= 1 - target; the naive quantile (reject exactly 90% of what it saw) falls short of that on average."""
+    from training.evaluate import rejection_threshold
+
+    rng = np.random.default_rng(0)
+    assert rejection_threshold(np.arange(9.0), 0.10) == np.nextafter(8.0, np.inf)  # rank ceil(0.9 * 10) = 9
+    assert rejection_threshold(np.arange(3.0), 0.10) == np.nextafter(2.0, np.inf)  # too few: rejects all seen
+    conformal, naive = [], []
+    for _ in range(2000):
+        seen, new = rng.normal(size=50), rng.normal(size=200)
+        conformal.append((new < rejection_threshold(seen, 0.10)).mean())
+        naive.append((new < np.nextafter(np.sort(seen)[44], np.inf)).mean())  # 45 of 50 seen rejected
+    assert np.mean(conformal) >= 0.90 > np.mean(naive)
+
+
 def test_classification_metrics_on_a_known_confusion():
     probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]])
     truth = np.array([0, 1, 1, 2])
@@ -105,6 +121,10 @@ def test_prototype_rule_rejects_what_looks_like_no_known_place():
     features = centres[targets] + rng.normal(0, 0.1, (60, 16))
     prototypes = place_prototypes(features, targets, per_place=2)
     assert prototypes.shape == (6, 16)
+    # Stored place by place, per_place rows each: a place with one photo repeats it, one with none is zeros.
+    few = place_prototypes(features[:21], targets[:21], per_place=2, num_classes=3)
+    assert np.allclose(few[2], few[3]) and np.allclose(few[3], features[20] / np.linalg.norm(features[20]))
+    assert not few[4:].any()
     landmarks = centres[np.arange(3).repeat(5)] + rng.normal(0, 0.1, (15, 16))
     negatives = np.abs(rng.normal(0, 1, (40, 16))) * (np.arange(16) >= 3)  # other directions
     confident = np.tile([0.98, 0.01, 0.01], (40, 1))  # the softmax cannot tell them apart
@@ -115,6 +135,22 @@ def test_prototype_rule_rejects_what_looks_like_no_known_place():
     assert not apply_rejection(confident[:15], rule, landmarks, prototypes).any()
     with pytest.raises(ValueError, match="needs the model's features"):
         apply_rejection(confident, rule)
+
+
+def test_prototype_and_prob_rule_keeps_a_half_familiar_photo_the_classifier_is_sure_of():
+    """``prototype_and_prob`` = cosine to the nearest prototype + PROB_WEIGHT x top-1 probability: of two photos
+    equally far from every prototype, the one the classifier is sure of scores higher."""
+    from placeid_edge.rejection import PROB_WEIGHT, rejection_score
+
+    prototypes = np.repeat(np.eye(3, 8), 2, axis=0)
+    features = np.array([[1.0, 1.0, 0, 0, 0, 0, 0, 0], [1.0, 1.0, 0, 0, 0, 0, 0, 0]])  # between places 0 and 1
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25]])
+    cosine = rejection_score(probabilities, "prototype_cosine", features, prototypes)
+    assert cosine == pytest.approx([np.sqrt(0.5)] * 2)
+    both = rejection_score(probabilities, "prototype_and_prob", features, prototypes)
+    assert both == pytest.approx(cosine + PROB_WEIGHT * np.array([0.9, 0.4]))
+    rule = {"kind": "prototype_and_prob", "threshold": float(np.sqrt(0.5) + PROB_WEIGHT * 0.6)}
+    assert apply_rejection(probabilities, rule, features, prototypes).tolist() == [False, True]
 
 
 def test_snapped_kernels_are_exactly_what_the_int8_model_stores():

@@ -164,6 +164,6 @@ def load_negatives(folder: Path | str) -> list[Example]:
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file():
             data = path.read_bytes()
-            examples.append(Example(str(path), "", hashlib.sha256(data).hexdigest(), "", data))
+            examples.append(Example(str(path), "", hashlib.sha256(data).hexdigest(), _phash(data), data))
     return examples
 

@@ -35,35 +35,50 @@ def classification_metrics(probabilities: np.ndarray, truth: np.ndarray, labels:
     }
 
 
-def place_prototypes(features: np.ndarray, targets: np.ndarray, per_place: int, seed: int = 0) -> np.ndarray:
-    """``per_place`` unit-length k-means centres of each place's training features (fewer for a place with
-    fewer photos), stacked: what the ``prototype_cosine`` rule compares a photo with."""
+def place_prototypes(features: np.ndarray, targets: np.ndarray, per_place: int, num_classes: int | None = None,
+                     seed: int = 0) -> np.ndarray:
+    """``per_place`` unit-length k-means centres of each place's training features, stacked place by place in
+    label order (``per_place`` rows each: a place with fewer photos repeats its centres, a place with none gets
+    zero rows): what the ``prototype_cosine`` and ``prototype_and_prob`` rules compare a photo with."""
     from scipy.cluster.vq import kmeans2
 
-    centres = []
-    for place in np.unique(targets):
+    num_classes = int(targets.max()) + 1 if num_classes is None else num_classes
+    centres = np.zeros((num_classes, per_place, features.shape[1]), dtype=np.float32)
+    for place in range(num_classes):
         points = unit_rows(features[targets == place]).astype(np.float64)
         count = min(per_place, len(points))
-        found, _ = kmeans2(points, count, seed=seed, minit="++") if count > 1 else (points[:1], None)
-        centres.append(unit_rows(found))
-    return np.concatenate(centres).astype(np.float32)
+        if count == 0:
+            continue
+        found = kmeans2(points, count, seed=seed, minit="++")[0] if count > 1 else points[:1]
+        centres[place] = unit_rows(found)[np.arange(per_place) % count]
+    return centres.reshape(num_classes * per_place, -1)
+
+
+def rejection_threshold(negative_scores: np.ndarray, target_false_accept: float) -> float:
+    """The threshold that rejects a fresh negative photo with probability >= 1 - ``target_false_accept``
+    (split-conformal: the k-th lowest of n calibration scores, k = ceil((1 - target) * (n + 1)), is exceeded
+    by a new exchangeable score with probability at most 1 - k / (n + 1)). With too few negatives for that
+    promise, the threshold rejects every one of them."""
+    scores = np.sort(np.asarray(negative_scores, dtype=np.float64))
+    if not len(scores):
+        return 0.0
+    rank = min(int(np.ceil((1.0 - target_false_accept) * (len(scores) + 1))), len(scores))
+    return float(np.nextafter(scores[rank - 1], np.inf))  # just above it: that score is rejected too
 
 
 def calibrate_rejection(landmark_probs: np.ndarray, negative_probs: np.ndarray, target_false_accept: float,
                         landmark_features: np.ndarray | None = None, negative_features: np.ndarray | None = None,
                         prototypes: np.ndarray | None = None) -> dict:
-    """Pick the rule and threshold that reject all but ``target_false_accept`` of the negative photos while
-    wrongly rejecting the fewest landmark photos. A photo is 'unknown' when its score < threshold. Rules on
-    features are candidates when the features and prototypes are given."""
+    """Pick the rule and threshold that reject all but ``target_false_accept`` of negative photos (as
+    :func:`rejection_threshold` promises for new ones) while wrongly rejecting the fewest landmark photos. A
+    photo is 'unknown' when its score < threshold. Rules on features are candidates when the features and
+    prototypes are given."""
     best, candidates = None, {}
     for kind in RULE_KINDS:
         if kind in FEATURE_RULES and (prototypes is None or landmark_features is None):
             continue
-        negative_scores = np.sort(rejection_score(negative_probs, kind, negative_features, prototypes))
-        allowed = int(np.floor(target_false_accept * len(negative_scores)))
-        # The threshold sits just above the highest negative score that must still be rejected.
-        index = len(negative_scores) - allowed - 1
-        threshold = float(np.nextafter(negative_scores[index], np.inf)) if index >= 0 else 0.0
+        threshold = rejection_threshold(rejection_score(negative_probs, kind, negative_features, prototypes),
+                                        target_false_accept)
         scores = rejection_score(landmark_probs, kind, landmark_features, prototypes)
         landmark_rejected = float((scores < threshold).mean())
         candidates[kind] = round(landmark_rejected, 4)

@@ -5,14 +5,20 @@ every consumer of a bundle. A photo is 'unknown' when its score is below the rul
 - ``margin``: top-1 minus top-2 probability;
 - ``prototype_cosine``: the cosine similarity of the photo's pooled features (the model's second output) to
   the nearest of a few prototypes per place (k-means centres of the training photos' features, stored in
-  the bundle): photos far from every known place's look are unknown, however confident the softmax is."""
+  the bundle, ``k`` rows a place in label order): photos far from every known place's look are unknown,
+  however confident the softmax is;
+- ``prototype_and_prob``: that similarity plus ``PROB_WEIGHT`` x the top-1 probability: a photo must look
+  like a known place, and a photo that only half does is kept when the classifier is sure of it (measured on
+  world30: fewer landmark photos wrongly rejected at the same share of negatives, README, Training)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-RULE_KINDS = ("max_prob", "margin", "prototype_cosine")
-FEATURE_RULES = ("prototype_cosine",)
+RULE_KINDS = ("max_prob", "margin", "prototype_cosine", "prototype_and_prob")
+FEATURE_RULES = ("prototype_cosine", "prototype_and_prob")
+#: The weight of the top-1 probability (0-1) next to the cosine similarity (about 0.4-0.8 on real photos).
+PROB_WEIGHT = 0.1
 
 
 def unit_rows(values: np.ndarray) -> np.ndarray:
@@ -25,11 +31,13 @@ def unit_rows(values: np.ndarray) -> np.ndarray:
 def rejection_score(probabilities: np.ndarray, kind: str, features: np.ndarray | None = None,
                     prototypes: np.ndarray | None = None) -> np.ndarray:
     """Each photo's confidence under the rule ``kind`` (higher = more likely a known place)."""
-    if kind == "prototype_cosine":
+    probabilities = np.atleast_2d(probabilities)
+    if kind in FEATURE_RULES:
         if features is None or prototypes is None:
-            raise ValueError("the prototype_cosine rule needs the model's features and the bundle's prototypes")
-        return (unit_rows(np.atleast_2d(features)) @ unit_rows(prototypes).T).max(axis=1)
-    ordered = np.sort(np.atleast_2d(probabilities), axis=1)
+            raise ValueError(f"the {kind} rule needs the model's features and the bundle's prototypes")
+        similarity = (unit_rows(np.atleast_2d(features)) @ unit_rows(prototypes).T).max(axis=1)
+        return similarity if kind == "prototype_cosine" else similarity + PROB_WEIGHT * probabilities.max(axis=1)
+    ordered = np.sort(probabilities, axis=1)
     if kind == "max_prob":
         return ordered[:, -1]
     if kind == "margin":
