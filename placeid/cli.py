@@ -241,8 +241,9 @@ def print_training_summary(out_dir: Path, manifest: dict) -> None:
     unknown = metrics.get("unknown_place")
     if unknown:
         console.print(f"unknown place ({unknown['rule']['kind']} < {unknown['rule']['threshold']:.3f}): "
-                      f"{unknown['negatives_rejected']:.1%} of negatives rejected, "
-                      f"{unknown['landmarks_wrongly_rejected']:.1%} of landmark photos wrongly rejected")
+                      f"{unknown['negatives_rejected']:.1%} of unseen negatives rejected, "
+                      f"{unknown['landmarks_wrongly_rejected']:.1%} of test landmark photos wrongly rejected "
+                      f"({len(unknown['folds'])}-fold cross-fitting)")
     console.print(f"int8 vs Keras top-1 agreement {metrics['int8_keras_top1_agreement']:.2%}; "
                   f"trained in {metrics['train_seconds']:.0f} s, run {metrics['total_seconds']:.0f} s; "
                   f"outputs in {out_dir}")

@@ -24,7 +24,7 @@ from placeid_edge.rejection import FEATURE_RULES, apply_rejection  # noqa: E402
 from placeid_edge.runtime import TFLiteModel, run_with_mirror  # noqa: E402
 from training import evaluate  # noqa: E402
 from training.dataset import (SPLITS, Example, class_weights, fingerprint, group_near_duplicates,  # noqa: E402
-                              split_examples)  # noqa: E402
+                              split_examples)
 from training.export import export_saved_model, to_tflite  # noqa: E402
 from training.models import (BACKBONES, build_paper_cnn, build_transfer, snap_weights_to_int8,  # noqa: E402
                              unfreeze_top)
@@ -44,7 +44,7 @@ class TrainConfig:
     # Fine-tuning the top of the backbone (from fine_tune_from) is off by default: measured on world30 it did not
     # raise top-1 (0.89-0.92 over five runs vs 0.908 without) and it made the unknown-place rule wrongly reject
     # more landmark photos (its features pull strangers towards known places); it also makes training
-    # non-reproducible on CPU threads and twice as long (bench/README.md has both rows). --fine-tune-epochs 10.
+    # non-reproducible on CPU threads and twice as long (README, Training, has both rows). --fine-tune-epochs 10.
     fine_tune_epochs: int = 0
     fine_tune_from: str | None = None  # first backbone layer to fine-tune (default: the backbone's, models.BACKBONES)
     paper_epochs: int = 50
