@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from placeid.hashing import hamming_distance
-from training.dataset import class_weights, fingerprint, from_folder, split_examples
+from training.dataset import Example, class_weights, fingerprint, fold_of_each, from_folder, split_examples
 from placeid_edge.rejection import apply_rejection
 from training.evaluate import calibrate_rejection, classification_metrics
 
@@ -43,6 +43,18 @@ def test_split_is_stratified_and_deterministic(examples):
     split_examples(examples, seed=1)
     assert [e.split for e in examples] != first
     assert fingerprint(examples) == fingerprint(list(reversed(examples)))
+
+
+def test_cross_fitting_folds_keep_near_duplicates_together():
+    """Folds are dealt by content (the same photos give the same folds in any order) and a near-duplicate group
+    (pHash within the distance) never straddles two folds."""
+    distinct = [int(h) for h in np.random.default_rng(0).integers(0, 2**63, 40)]  # ~32 bits apart
+    phashes = [f"{h:016x}" for h in distinct] + [f"{distinct[0] ^ 1:016x}", f"{distinct[0] ^ 6:016x}"]  # copies of #0
+    photos = [Example(f"p{i}", "", f"{i:064x}", phash, b"") for i, phash in enumerate(phashes)]
+    folds = fold_of_each(photos, 5, distance=2)
+    assert folds.min() >= 0 and folds.max() < 5 and len(set(folds.tolist())) > 1
+    assert folds[-2] == folds[-1] == folds[0]
+    assert fold_of_each(list(reversed(photos)), 5, distance=2).tolist() == list(reversed(folds.tolist()))
 
 
 def test_class_weights_balance_classes():

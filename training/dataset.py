@@ -114,6 +114,11 @@ def group_near_duplicates(examples: list[Example], distance: int) -> None:
         example.group = find(index)
 
 
+def _group_digest(members: list[Example], prefix: str = "") -> str:
+    """A near-duplicate group's stable identity: sha256 of ``prefix`` + its smallest content hash."""
+    return hashlib.sha256(f"{prefix}{min(m.sha256 for m in members)}".encode()).hexdigest()
+
+
 def split_examples(examples: list[Example], seed: int = 0, fractions=(0.7, 0.15, 0.15),
                    distance: int = 8) -> None:
     """Deterministic, stratified by place, group-aware: a near-duplicate group never crosses splits.
@@ -126,8 +131,7 @@ def split_examples(examples: list[Example], seed: int = 0, fractions=(0.7, 0.15,
     for example in examples:
         by_place[example.label][example.group].append(example)
     for place, groups in by_place.items():
-        ordered = sorted(groups.values(), key=lambda members: hashlib.sha256(
-            f"{seed}:{min(m.sha256 for m in members)}".encode()).hexdigest())
+        ordered = sorted(groups.values(), key=lambda members: _group_digest(members, f"{seed}:"))
         total = sum(len(members) for members in ordered)
         targets = {"val": max(1, round(total * fractions[1])), "test": max(1, round(total * fractions[2]))}
         counts = Counter()
@@ -141,6 +145,16 @@ def split_examples(examples: list[Example], seed: int = 0, fractions=(0.7, 0.15,
             counts[split] += len(members)
             for member in members:
                 member.split = split
+
+
+def fold_of_each(examples: list[Example], folds: int, distance: int = 8) -> np.ndarray:
+    """Each example's cross-fitting fold (0 .. folds - 1), by content: near-duplicates share a fold."""
+    group_near_duplicates(examples, distance)
+    groups: dict[int, list[Example]] = defaultdict(list)
+    for example in examples:
+        groups[example.group].append(example)
+    fold_of_group = {group: int(_group_digest(members), 16) % folds for group, members in groups.items()}
+    return np.array([fold_of_group[e.group] for e in examples])
 
 
 def fingerprint(examples: list[Example]) -> str:

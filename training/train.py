@@ -23,7 +23,7 @@ from placeid_edge.bundle import PROTOTYPES_FILE  # noqa: E402
 from placeid_edge.rejection import FEATURE_RULES, apply_rejection  # noqa: E402
 from placeid_edge.runtime import TFLiteModel, run_with_mirror  # noqa: E402
 from training import evaluate  # noqa: E402
-from training.dataset import (SPLITS, Example, class_weights, fingerprint, group_near_duplicates,  # noqa: E402
+from training.dataset import (SPLITS, Example, class_weights, fingerprint, fold_of_each,  # noqa: E402
                               split_examples)
 from training.export import export_saved_model, to_tflite  # noqa: E402
 from training.models import (BACKBONES, build_paper_cnn, build_transfer, snap_weights_to_int8,  # noqa: E402
@@ -125,15 +125,6 @@ def representative_images(train_images: np.ndarray, config: TrainConfig) -> np.n
 def flippable_classes(config: TrainConfig, labels: list[str]) -> np.ndarray:
     """Per class: may its photos be mirrored during augmentation?"""
     return np.array([config.flip and label not in config.no_flip_places for label in labels])
-
-
-def negative_folds(negatives: list[Example], folds: int, near_dup_distance: int) -> np.ndarray:
-    """Each negative photo's cross-fitting fold: seeded by content, near-duplicates in the same fold."""
-    group_near_duplicates(negatives, near_dup_distance)
-    first = {}
-    for negative in sorted(negatives, key=lambda n: n.sha256):
-        first.setdefault(negative.group, negative.sha256)
-    return np.array([int(hashlib.sha256(first[n.group].encode()).hexdigest(), 16) % folds for n in negatives])
 
 
 def effective_mirror_margin(config: TrainConfig, labels: list[str]) -> float:
@@ -289,7 +280,7 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
         if rule["kind"] in FEATURE_RULES:
             np.save(out_dir / PROTOTYPES_FILE, prototypes.astype(np.float16))
             rule["prototypes_file"] = PROTOTYPES_FILE
-        fold = negative_folds(negatives, config.rejection_folds, config.near_dup_distance)
+        fold = fold_of_each(negatives, config.rejection_folds, config.near_dup_distance)
         folds, unseen_rejected = [], []
         for held_out in np.unique(fold):
             fitted = calibrate(fold != held_out)
