@@ -5,8 +5,10 @@ resource "google_cloudfunctions2_function" "ingest" {
   labels      = var.labels
 
   build_config {
-    runtime     = "python311"
-    entry_point = "ingest"
+    runtime           = "python311"
+    entry_point       = "ingest"
+    service_account   = google_service_account.functions_build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.sources.name
@@ -42,7 +44,8 @@ resource "google_cloudfunctions2_function" "ingest" {
   lifecycle {
     ignore_changes = [build_config[0].source] # Cloud Build deploys newer code
   }
-  depends_on = [google_project_service.apis, google_project_iam_member.gcs_publishes_events]
+  # The Eventarc agent's role and the Cloud Storage agent's publisher role must be in force before the trigger.
+  depends_on = [google_project_service.apis, time_sleep.eventarc_agent_propagation]
 }
 
 resource "google_cloudfunctions2_function" "predict" {
@@ -53,8 +56,10 @@ resource "google_cloudfunctions2_function" "predict" {
   labels      = var.labels
 
   build_config {
-    runtime     = "python311"
-    entry_point = "predict"
+    runtime           = "python311"
+    entry_point       = "predict"
+    service_account   = google_service_account.functions_build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.sources.name

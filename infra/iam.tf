@@ -4,21 +4,25 @@
 resource "google_service_account" "ingest" {
   account_id   = "${var.name_prefix}-ingest"
   display_name = "placeid ingest function"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_service_account" "predict" {
   account_id   = "${var.name_prefix}-predict"
   display_name = "placeid predict function"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_service_account" "trigger" {
   account_id   = "${var.name_prefix}-trigger"
   display_name = "placeid Eventarc trigger (raw bucket -> ingest)"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_service_account" "training" {
   account_id   = "${var.name_prefix}-training"
   display_name = "placeid training job"
+  depends_on   = [google_project_service.apis]
 }
 
 # ingest: reads the uploaded generation, creates curated copies (create-only), writes records.
@@ -67,8 +71,7 @@ resource "google_storage_bucket_iam_member" "training_writes_models" {
 }
 
 resource "google_storage_bucket_iam_member" "training_reads_data" {
-  count  = var.data_bucket != "" ? 1 : 0
-  bucket = var.data_bucket
+  bucket = local.data_bucket
   role   = "roles/storage.objectViewer"
   member = google_service_account.training.member
 }
@@ -97,9 +100,10 @@ resource "google_cloud_run_service_iam_member" "trigger_invokes_ingest" {
 data "google_storage_project_service_account" "gcs" {}
 
 resource "google_project_iam_member" "gcs_publishes_events" {
-  project = var.project_id
-  role    = "roles/pubsub.publisher"
-  member  = data.google_storage_project_service_account.gcs.member
+  project    = var.project_id
+  role       = "roles/pubsub.publisher"
+  member     = data.google_storage_project_service_account.gcs.member
+  depends_on = [google_project_service.apis]
 }
 
 # predict is private: only the named principals (and everyone, if predict_public) may invoke it.
@@ -111,17 +115,83 @@ resource "google_cloud_run_service_iam_member" "predict_invokers" {
   member   = each.value
 }
 
+# Eventarc's service agent must exist and hold its role before a function with an Eventarc trigger is created
+# (else the first apply fails with "Permission denied while using the Eventarc Service Agent"): create the
+# identity, grant it, and give the grant time to propagate.
+resource "google_project_service_identity" "eventarc" {
+  provider   = google-beta # the resource exists only in the beta provider
+  project    = var.project_id
+  service    = "eventarc.googleapis.com"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_project_iam_member" "eventarc_service_agent" {
+  #checkov:skip=CKV_GCP_49:The grantee is Eventarc's own Google-managed service agent, given the role Google documents for it; no workload or person gets it.
+  project = var.project_id
+  role    = "roles/eventarc.serviceAgent"
+  member  = google_project_service_identity.eventarc.member
+}
+
+resource "time_sleep" "eventarc_agent_propagation" {
+  create_duration = "90s"
+  depends_on      = [google_project_iam_member.eventarc_service_agent, google_project_iam_member.gcs_publishes_events]
+}
+
+# Function builds (Cloud Build, on deploy) run as their own account, not the default compute account that new
+# organisations no longer grant build rights: write logs, read the function's source, push its image.
+resource "google_service_account" "functions_build" {
+  account_id   = "${var.name_prefix}-fnbuild"
+  display_name = "placeid function builds"
+  depends_on   = [google_project_service.apis]
+}
+
+resource "google_project_iam_member" "functions_build_logs" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = google_service_account.functions_build.member
+}
+
+resource "google_storage_bucket_iam_member" "functions_build_reads_sources" {
+  bucket = google_storage_bucket.sources.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.functions_build.member
+}
+
+# `gcloud functions deploy` uploads the source to a bucket Cloud Functions creates (gcf-v2-sources-*): read
+# access to those buckets only.
+resource "google_project_iam_member" "functions_build_reads_uploads" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.functions_build.member
+  condition {
+    title      = "gcf-v2-sources buckets"
+    expression = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-\")"
+  }
+}
+
+resource "google_artifact_registry_repository_iam_member" "functions_build_pushes_images" {
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = google_service_account.functions_build.member
+}
+
 # Cloud Build (cloudbuild.yaml) runs as its own account: it deploys the two functions as their service
-# accounts, pushes the training image and updates/starts the training job; it reads the test data bucket.
+# accounts, pushes the training image and updates/starts the training job; it reads the staged source and the
+# reference data. Grants are on the resources themselves where the API allows it.
 resource "google_service_account" "build" {
   account_id   = "${var.name_prefix}-build"
   display_name = "placeid Cloud Build pipeline"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_project_iam_member" "build_roles" {
   for_each = toset([
+    # `gcloud functions deploy` calls generateUploadUrl and polls operations on the location, which no
+    # function-level grant covers.
     "roles/cloudfunctions.developer",
-    "roles/run.developer",
+    # `gcloud run jobs update/execute` polls location-level operations and reads executions.
+    "roles/run.viewer",
     "roles/logging.logWriter",
   ])
   project = var.project_id
@@ -129,12 +199,20 @@ resource "google_project_iam_member" "build_roles" {
   member  = google_service_account.build.member
 }
 
+resource "google_cloud_run_v2_job_iam_member" "build_updates_training_job" {
+  location = google_cloud_run_v2_job.training.location
+  name     = google_cloud_run_v2_job.training.name
+  role     = "roles/run.developer"
+  member   = google_service_account.build.member
+}
+
 resource "google_service_account_iam_member" "build_acts_as" {
   for_each = {
-    ingest   = google_service_account.ingest.name
-    predict  = google_service_account.predict.name
-    trigger  = google_service_account.trigger.name
-    training = google_service_account.training.name
+    ingest          = google_service_account.ingest.name
+    predict         = google_service_account.predict.name
+    trigger         = google_service_account.trigger.name
+    training        = google_service_account.training.name
+    functions_build = google_service_account.functions_build.name
   }
   service_account_id = each.value
   role               = "roles/iam.serviceAccountUser"
@@ -148,9 +226,14 @@ resource "google_artifact_registry_repository_iam_member" "build_pushes_images" 
   member     = google_service_account.build.member
 }
 
+resource "google_storage_bucket_iam_member" "build_reads_staged_source" {
+  bucket = google_storage_bucket.build.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.build.member
+}
+
 resource "google_storage_bucket_iam_member" "build_reads_test_data" {
-  count  = var.data_bucket != "" ? 1 : 0
-  bucket = var.data_bucket
+  bucket = local.data_bucket
   role   = "roles/storage.objectViewer"
   member = google_service_account.build.member
 }

@@ -42,3 +42,22 @@ output "build_service_account" {
   description = "Service account to run cloudbuild.yaml with (its serviceAccount field)."
   value       = google_service_account.build.email
 }
+
+output "data_bucket" {
+  description = "Reference data (data/world30, data/negatives, weights): Cloud Build's test data, mounted at /data in the training job."
+  value       = local.data_bucket
+}
+
+output "build_bucket" {
+  description = "Bucket for `gcloud builds submit --gcs-source-staging-dir=gs://<this>/source` (the build account reads it)."
+  value       = google_storage_bucket.build.name
+}
+
+output "cloudbuild_submit" {
+  description = "The command that runs cloudbuild.yaml against this deployment, from the repository root."
+  value = join(" ", [
+    "gcloud builds submit --config=cloudbuild.yaml --region=${var.region} --project=${var.project_id}",
+    "--gcs-source-staging-dir=gs://${google_storage_bucket.build.name}/source",
+    "--substitutions=_REGION=${var.region},_NAME_PREFIX=${var.name_prefix},_DATA_BUCKET=${local.data_bucket}",
+  ])
+}

@@ -40,7 +40,7 @@ variable "function_source_dir" {
 }
 
 variable "ingest" {
-  description = "Ingest function sizing: memory, CPU, timeout (s), instances, concurrent events per instance."
+  description = "Ingest function sizing: memory, CPU, timeout (s), instances, concurrent events per instance (infra/README.md, Sizing)."
   type = object({
     memory          = string
     cpu             = string
@@ -50,7 +50,7 @@ variable "ingest" {
     concurrency     = number
   })
   default = {
-    memory          = "512Mi"
+    memory          = "1Gi"
     cpu             = "1"
     timeout_seconds = 120
     min_instances   = 0
@@ -60,7 +60,7 @@ variable "ingest" {
 }
 
 variable "predict" {
-  description = "Predict function sizing: memory, CPU, timeout (s), instances, concurrent requests per instance."
+  description = "Predict function sizing: memory, CPU, timeout (s), instances, concurrent requests per instance (infra/README.md, Sizing)."
   type = object({
     memory          = string
     cpu             = string
@@ -70,7 +70,7 @@ variable "predict" {
     concurrency     = number
   })
   default = {
-    memory          = "512Mi"
+    memory          = "1Gi"
     cpu             = "1"
     timeout_seconds = 30
     min_instances   = 1
@@ -110,9 +110,15 @@ variable "model_refresh_seconds" {
 }
 
 variable "training_image" {
-  description = "Container image of the training job; empty = trainer:latest in this deployment's Artifact Registry (pushed by Cloud Build)."
+  description = "Container image of the training job at creation; empty = Google's public placeholder job image (no trainer image exists before the first build). Cloud Build sets the real image afterwards, and Terraform ignores later changes."
   type        = string
   default     = ""
+}
+
+variable "trainer_images_kept" {
+  description = "Trainer images kept in Artifact Registry (the newest); older ones are deleted after 7 days."
+  type        = number
+  default     = 5
 }
 
 variable "training_resources" {
@@ -134,9 +140,13 @@ variable "training_args" {
 }
 
 variable "data_bucket" {
-  description = "Optional bucket laid out like ../shared (data/negatives/..., weights/...), mounted read-only at /data in the training job for the unknown-place calibration and the ImageNet backbones. Empty: no mount (then pass --backbone-weights imagenet in training_args)."
+  description = "Name (not a gs:// URI) of an existing bucket laid out like ../shared (data/world30/..., data/negatives/..., weights/...): Cloud Build's test data, and mounted read-only at /data in the training job (ImageNet backbones, negative photos). Empty: Terraform creates <prefix>-<project>-data."
   type        = string
   default     = ""
+  validation {
+    condition     = var.data_bucket == "" || can(regex("^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$", var.data_bucket))
+    error_message = "data_bucket is a bucket name such as my-data-bucket, without gs:// or a path."
+  }
 }
 
 variable "labels" {

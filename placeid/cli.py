@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -193,24 +194,33 @@ def cmd_train(args) -> int:
     if args.fine_tune_epochs is not None:
         config.fine_tune_epochs = args.fine_tune_epochs
     places_filter = args.places.split(",") if args.places else None
-    db = firestore_client(settings.project)
-    bucket = storage_client(settings.project).bucket(settings.curated_bucket_name)
+    out_dir = Path(args.out) / time.strftime("%Y%m%dT%H%M%S")
+    try:  # fail in seconds, not after the photos are loaded: missing weights, an unwritable output folder
+        weights = default_weights(config, settings.weights_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out_dir.parent).close()
+    except TrainingFailed as exc:
+        console.print(f"[red]training failed:[/red] {exc}")
+        return 1
+    except OSError as exc:
+        console.print(f"[red]cannot write the run's outputs to {out_dir}:[/red] {exc} (pass --out a writable folder)")
+        return 1
     with console.status("loading photos"):
-        if args.folder:
+        if args.folder:  # no cloud client needed: a local folder and catalog
             examples = from_folder(args.folder, manifest=args.manifest, limit_per_place=args.limit_per_place,
                                    places=places_filter)
             catalog = args.catalog or Path(args.folder).parent / "places.json"  # world30's layout
             places = catalog_snapshot(read_catalog(catalog)) if Path(catalog).is_file() else []
         else:
+            db = firestore_client(settings.project)
+            bucket = storage_client(settings.project).bucket(settings.curated_bucket_name)
             examples = from_firestore(db, bucket, limit_per_place=args.limit_per_place, places=places_filter)
             places = [to_json(place) for place in list_places(db)]
         negatives_dir = settings.data_dir / "negatives" / "images"
         negatives = load_negatives(negatives_dir) if negatives_dir.is_dir() and not args.no_negatives else []
     console.print(f"{len(examples)} photos of {len({e.label for e in examples})} places, {len(negatives)} negatives")
-    out_dir = Path(args.out) / time.strftime("%Y%m%dT%H%M%S")
     try:
-        manifest = run_training(config, examples, negatives, places, out_dir,
-                                default_weights(config, settings.weights_dir))
+        manifest = run_training(config, examples, negatives, places, out_dir, weights)
     except TrainingFailed as exc:
         console.print(f"[red]training failed:[/red] {exc}")
         return 1
@@ -342,6 +352,9 @@ def cmd_package(args) -> int:
 def cmd_infra(args) -> int:
     from placeid.deploy import INDEXES_FILE, render_indexes
 
+    if not INDEXES_FILE.parent.is_dir():
+        console.print(f"[red]{INDEXES_FILE.parent} does not exist:[/red] run `placeid infra` from the repository root")
+        return 1
     if args.check:
         current = INDEXES_FILE.read_text() if INDEXES_FILE.exists() else ""
         if current != render_indexes():

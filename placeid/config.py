@@ -7,7 +7,17 @@ import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+_SOURCE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _is_checkout(path: Path) -> bool:
+    return (path / "functions").is_dir() and (path / "pyproject.toml").is_file()
+
+
+#: The repository that commands reading or writing its files work on (`placeid package`, `placeid infra`, the
+#: local stack): the checkout this code runs from (editable install, PYTHONPATH), else, when placeid is
+#: installed as a package (site-packages), the current directory: run such commands from the repository root.
+REPO_ROOT = _SOURCE_DIR if _is_checkout(_SOURCE_DIR) else Path.cwd()
 
 
 #: Settings field -> environment variable. Every setting can be set this way, and nowhere else.
@@ -45,6 +55,7 @@ ENV_VARS = {
     "top_k": "PLACEID_TOP_K",
     "inference_threads": "PLACEID_INFERENCE_THREADS",
     "cors_origins": "PLACEID_CORS_ORIGINS",
+    "weights": "PLACEID_WEIGHTS",
 }
 
 
@@ -85,6 +96,7 @@ class Settings:
     top_k: int = 3
     inference_threads: int = 0  # interpreters that may run at once; 0 = one per CPU
     cors_origins: str = ""  # comma-separated origins allowed to call predict from a browser, or *
+    weights: Path | None = None  # ImageNet backbones; None = weights/ beside the data folder
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -95,9 +107,9 @@ class Settings:
             if item.name in overrides:
                 values[item.name] = overrides[item.name]
             elif raw != "":
-                kind = type(item.default)
+                kind = Path if item.default is None else type(item.default)
                 try:
-                    values[item.name] = Path(raw) if isinstance(item.default, Path) else kind(raw)
+                    values[item.name] = kind(raw)
                 except ValueError as exc:
                     raise ValueError(f"{ENV_VARS[item.name]} must be a {kind.__name__}, got {raw!r}") from exc
         settings = cls(**values)
@@ -106,7 +118,8 @@ class Settings:
 
     def as_env(self) -> dict[str, str]:
         """Every setting as environment variables, for child processes."""
-        return {ENV_VARS[item.name]: str(getattr(self, item.name)) for item in fields(self)}
+        return {ENV_VARS[item.name]: str(getattr(self, item.name)) for item in fields(self)
+                if getattr(self, item.name) is not None}
 
     def validate(self) -> None:
         """Reject settings that cannot work, with a message naming the variable."""
@@ -130,7 +143,7 @@ class Settings:
     @property
     def weights_dir(self) -> Path:
         """ImageNet backbones: ``PLACEID_WEIGHTS``, or ``weights/`` beside the data folder."""
-        return Path(os.environ.get("PLACEID_WEIGHTS") or self.data_dir.parent / "weights")
+        return self.weights or self.data_dir.parent / "weights"
 
     @property
     def curated_bucket_name(self) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from placeid.config import REPO_ROOT
 from placeid.store import COMPOSITE_INDEXES, INDEX_EXEMPTIONS
+from placeid_edge.errors import NotFound
 
 FUNCTIONS = ("ingest", "predict")
 #: Where each vendored package lives in this repository.
@@ -74,6 +75,8 @@ def package_function(name: str, out_dir: Path) -> Path:
     """Write ``out_dir/<name>/`` (deployable as is: ``gcloud functions deploy --source``) and
     ``out_dir/<name>.zip``; returns the folder."""
     source = REPO_ROOT / "functions" / name
+    if not (source / "main.py").is_file():
+        raise NotFound(f"{source / 'main.py'} does not exist: run `placeid package` from the repository root")
     target = out_dir / name
     if target.exists():
         shutil.rmtree(target)

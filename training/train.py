@@ -353,9 +353,15 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
 
 
 def default_weights(config: TrainConfig, weights_dir: Path) -> str | None:
-    """The backbone weights file for ``config`` (``--backbone-weights`` wins)."""
+    """The backbone weights file for ``config`` (``--backbone-weights`` wins); TrainingFailed when it is missing,
+    before any photo is read."""
     if config.model == "paper":
         return None
     if config.backbone_weights:
-        return config.backbone_weights
-    return str(weights_dir / BACKBONES[config.backbone]["weights"])
+        chosen = config.backbone_weights
+    else:
+        chosen = str(weights_dir / BACKBONES[config.backbone]["weights"])
+    if chosen != "imagenet" and not Path(chosen).is_file():
+        raise TrainingFailed(f"backbone weights not found: {chosen} (set PLACEID_WEIGHTS to the folder that holds "
+                             f"{BACKBONES[config.backbone]['weights']}, or pass --backbone-weights FILE|imagenet)")
+    return chosen
