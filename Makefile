@@ -62,6 +62,7 @@ bench: $(STAMP)  ## benchmarks (slow; prints tables, saves bench/results/*.json)
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/training_bench.py
 	$(PY) bench/serving_bench.py
+	$(PY) bench/hostile_bench.py
 
 clean:
 	-$(VENV)/bin/placeid stack down

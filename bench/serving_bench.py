@@ -177,6 +177,17 @@ def newest_run() -> Path:
     return max(runs, key=lambda run: (json.loads((run / "manifest.json").read_text())["input_size"], run.name))
 
 
+def start_emulators(work: Path) -> tuple[Settings, LocalStack]:
+    """Firestore, Pub/Sub and fake-gcs-server on free ports for one benchmark run; the clients point at them."""
+    settings = Settings.from_env(state_dir=work / "state", project="placeid-bench", firestore_port=free_port(),
+                                 pubsub_port=free_port(), gcs_port=free_port(), predict_port=free_port(),
+                                 model_cache_dir=work / "model-cache")
+    stack = LocalStack(settings)
+    stack.up(("firestore", "pubsub", "gcs"))
+    os.environ.update(settings.emulator_env())
+    return settings, stack
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="training run folder (default: the newest under .placeid/runs)")
@@ -187,12 +198,7 @@ def main() -> int:
     manifest = json.loads((run_dir / "manifest.json").read_text())
 
     work = Path(tempfile.mkdtemp(prefix="placeid-serving-bench-"))
-    settings = Settings.from_env(state_dir=work / "state", project="placeid-bench", firestore_port=free_port(),
-                                 pubsub_port=free_port(), gcs_port=free_port(), predict_port=free_port(),
-                                 model_cache_dir=work / "model-cache")
-    stack = LocalStack(settings)
-    stack.up(("firestore", "pubsub", "gcs"))
-    os.environ.update(settings.emulator_env())
+    settings, stack = start_emulators(work)
     try:
         db = firestore_client(settings.project)
         load_catalog(db, read_catalog(bundled_catalog_path()))

@@ -50,7 +50,7 @@ variable "ingest" {
     concurrency     = number
   })
   default = {
-    memory          = "1Gi"
+    memory          = "768Mi"
     cpu             = "1"
     timeout_seconds = 120
     min_instances   = 0
@@ -70,7 +70,7 @@ variable "predict" {
     concurrency     = number
   })
   default = {
-    memory          = "1Gi"
+    memory          = "512Mi"
     cpu             = "1"
     timeout_seconds = 30
     min_instances   = 1

@@ -19,7 +19,8 @@ from placeid.store import PLACES, SITES
 
 GEOHASH_PRECISION = 9  # ~5 m cells: fine enough for any radius a user asks for
 SITE_KINDS = ("attraction", "restaurant", "lodging")
-_PLACE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+#: What a place id looks like: also a path segment (raw/<place_id>/) and a Firestore document id.
+PLACE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 def _check_point(lat: float, lng: float) -> None:
@@ -116,7 +117,7 @@ def _geo(location: dict) -> tuple[firestore.GeoPoint, str]:
 def normalize_place(raw: dict, order: int) -> tuple[dict, list[tuple[str, dict]]]:
     """Validate one catalog entry; returns the ``places`` document and the ``sites`` documents (id, doc)."""
     place_id = raw.get("place_id", "")
-    if not _PLACE_ID.match(place_id):
+    if not PLACE_ID.match(place_id):
         raise BadRequest(f"invalid place_id {place_id!r}: lowercase letters, digits and '-' only")
     if "name" not in raw or "location" not in raw:
         raise BadRequest(f"place {place_id!r} needs a name and a location")

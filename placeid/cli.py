@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import requests
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from placeid.config import Settings
@@ -98,7 +100,9 @@ def cmd_collect(args) -> int:
         report = upload_folder(settings, args.folder, workers=args.workers)
     else:
         report = collect_urls(settings, args.csv, workers=args.workers, timeout_s=args.timeout_s,
-                              max_bytes=args.max_bytes, report_path=args.report)
+                              max_bytes=args.max_bytes, report_path=args.report,
+                              allow_private_addresses=args.allow_private or settings.collect_allow_private,
+                              max_redirects=args.max_redirects)
     console.print(f"uploaded {report.uploaded}, skipped {report.skipped} (already there), failed {report.failed}")
     for failure in report.failures[:20]:
         console.print(f"  failed: {failure}")
@@ -108,15 +112,16 @@ def cmd_collect(args) -> int:
 # -- images and review ----------------------------------------------------------------------------
 
 def status_counts(settings: Settings) -> Counter:
-    """Number of image records per status."""
+    """Number of image records per status (every status, ``error`` included; zero counts too)."""
     from placeid.ingest import STATUSES
-    from placeid.store import IMAGES, firestore_client
+    from placeid.store import IMAGES, firestore_call_options, firestore_client
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     collection = firestore_client(settings.project).collection(IMAGES)
+    options = firestore_call_options(settings)  # bounded: an unreachable Firestore fails, it does not hang
     counts = Counter()
     for status in STATUSES:
-        result = collection.where(filter=FieldFilter("status", "==", status)).count().get()
+        result = collection.where(filter=FieldFilter("status", "==", status)).count().get(**options)
         counts[status] = int(result[0][0].value)
     return counts
 
@@ -452,7 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     urls = collect_sub.add_parser("urls", help="download a CSV of place_id,url into the bucket")
     urls.add_argument("csv", type=Path)
     urls.add_argument("--workers", type=int, default=8)
-    urls.add_argument("--timeout-s", type=float, default=15.0)
+    urls.add_argument("--timeout-s", type=float, default=15.0,
+                      help="overall deadline of one download (connect, redirects, all of the body)")
+    urls.add_argument("--max-redirects", type=int, default=5)
+    urls.add_argument("--allow-private", action="store_true",
+                      help="also fetch from loopback/private addresses (local tests; PLACEID_COLLECT_ALLOW_PRIVATE)")
     urls.add_argument("--max-bytes", type=int, default=None)
     urls.add_argument("--report", type=Path, default=Path("collect-report.json"))
     collect.set_defaults(func=cmd_collect)
@@ -538,13 +547,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Local emulators: (what, Settings field with its port).
+EMULATORS = {"firestore": ("Firestore emulator", "firestore_port"),
+             "gcs": ("Cloud Storage emulator (fake-gcs-server)", "gcs_port")}
+#: The emulators each command talks to with --target local (stack and demo start them; package, infra none).
+COMMAND_EMULATORS = {"catalog": ("firestore",), "collect": ("gcs",), "images": ("firestore",),
+                     "review": ("firestore", "gcs"), "train": ("firestore", "gcs"), "models": ("firestore", "gcs")}
+
+
+def emulators_needed(args) -> tuple[str, ...]:
+    """The emulators a parsed command needs (training from a folder without registering needs none)."""
+    if args.command == "train" and args.folder and not (args.register or args.promote):
+        return ()
+    if args.command == "predict":
+        return ("gcs",) if any(photo.startswith("gs://") for photo in args.photos) else ()
+    return COMMAND_EMULATORS.get(args.command, ())
+
+
+def unreachable_emulator(settings: Settings, services: tuple[str, ...], timeout_s: float = 2.0) -> str | None:
+    """A message naming the first of ``services`` that accepts no TCP connection, or None. The client
+    libraries would retry a dead emulator for minutes; this answers in at most ``timeout_s`` each."""
+    for service in services:
+        what, port_field = EMULATORS[service]
+        address = (settings.host, getattr(settings, port_field))
+        try:
+            socket.create_connection(address, timeout=timeout_s).close()
+        except OSError:
+            return (f"{what} at {address[0]}:{address[1]} is not reachable: start the local stack with "
+                    "`placeid stack up` (or make demo)")
+    return None
+
+
+def _fail(message: str) -> int:
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a variable that cannot be parsed or cannot work; the message names it
+        return _fail(str(exc))
+    try:
+        if args.target == "local":
+            problem = unreachable_emulator(settings, emulators_needed(args))
+            if problem:
+                return _fail(problem)
         return args.func(args)
     except PlaceidError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
-        return 1
+        return _fail(exc.message)
+    except Exception as exc:
+        from placeid.store import is_transient
+
+        if not is_transient(exc):
+            raise
+        return _fail(f"a service is unavailable ({type(exc).__name__}: {exc}); with --target local, check "
+                     "`placeid stack status`")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,19 @@ ENV_VARS = {
     "inference_threads": "PLACEID_INFERENCE_THREADS",
     "cors_origins": "PLACEID_CORS_ORIGINS",
     "weights": "PLACEID_WEIGHTS",
+    "collect_allow_private": "PLACEID_COLLECT_ALLOW_PRIVATE",
+    "max_event_age_s": "PLACEID_MAX_EVENT_AGE_S",
+    "decode_budget_mb": "PLACEID_DECODE_BUDGET_MB",
+    "decode_wait_s": "PLACEID_DECODE_WAIT_S",
+    "ingest_decode_wait_s": "PLACEID_INGEST_DECODE_WAIT_S",
 }
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(raw)
+    return value in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,16 @@ class Settings:
     inference_threads: int = 0  # interpreters that may run at once; 0 = one per CPU
     cors_origins: str = ""  # comma-separated origins allowed to call predict from a browser, or *
     weights: Path | None = None  # ImageNet backbones; None = weights/ beside the data folder
+    collect_allow_private: bool = False  # let the URL collector fetch from loopback/private addresses (local tests)
+    max_event_age_s: float = 3600.0  # ingest retries transient faults for events younger than this, then records
+    # Memory (MiB) that image decodes in flight may hold at once, per process (predict and ingest; estimated from
+    # each header before decoding): a decode that does not fit waits up to decode_wait_s (predict; then 503) or
+    # ingest_decode_wait_s (ingest; then the event is retried), one larger than the whole budget is refused (413 /
+    # rejected). 0 = auto: predict 128 MiB (placeid_edge.preprocess.DEFAULT_BUDGET_BYTES), ingest what the largest
+    # image max_pixels allows needs alone (321 MiB at 40 MP). infra/README.md, Sizing.
+    decode_budget_mb: float = 0.0
+    decode_wait_s: float = 10.0
+    ingest_decode_wait_s: float = 60.0
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -109,7 +131,7 @@ class Settings:
             elif raw != "":
                 kind = Path if item.default is None else type(item.default)
                 try:
-                    values[item.name] = kind(raw)
+                    values[item.name] = _parse_bool(raw) if kind is bool else kind(raw)
                 except ValueError as exc:
                     raise ValueError(f"{ENV_VARS[item.name]} must be a {kind.__name__}, got {raw!r}") from exc
         settings = cls(**values)
@@ -128,6 +150,11 @@ class Settings:
             raise ValueError("PLACEID_NEAR_DUP_DISTANCE must be within 0..29")
         if self.max_object_bytes <= 0 or self.max_pixels <= 0:
             raise ValueError("PLACEID_MAX_OBJECT_BYTES and PLACEID_MAX_PIXELS must be positive")
+        if self.decode_budget_mb < 0 or self.decode_wait_s < 0 or self.ingest_decode_wait_s < 0:
+            raise ValueError("PLACEID_DECODE_BUDGET_MB, PLACEID_DECODE_WAIT_S and PLACEID_INGEST_DECODE_WAIT_S "
+                             "must be >= 0")
+        if self.max_event_age_s <= 0:
+            raise ValueError("PLACEID_MAX_EVENT_AGE_S must be positive")
         if self.curated_max_side < 64:
             raise ValueError("PLACEID_CURATED_MAX_SIDE must be at least 64")
         if not 1 <= self.curated_jpeg_quality <= 100:

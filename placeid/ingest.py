@@ -2,25 +2,49 @@
 
 Retry discipline (Cloud Functions at-least-once delivery): bad input is recorded as ``rejected`` or
 ``quarantined`` and the handler returns normally; transient infrastructure faults raise
-:class:`TransientError` so the platform redelivers. Every step is idempotent per (bucket, object, generation).
+:class:`TransientError` so the platform redelivers, but only while the event is younger than
+``max_event_age_s``; after that, and for any unexpected fault at once, the photo is recorded as ``error``.
+Every outcome is recorded; every step is idempotent per (bucket, object, generation).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+
+import imagehash
+import numpy as np
+from PIL import Image
 import time
+import unicodedata
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.storage.retry import DEFAULT_RETRY as STORAGE_RETRY
 
+from placeid.catalog import PLACE_ID
 from placeid.config import Settings
-from placeid_edge.errors import InvalidImage, TransientError, UnsupportedMediaType
-from placeid.hashing import perceptual_hashes, sha256_hash
-from placeid_edge.imaging import ValidationLimits, decode_image, encode_curated_jpeg, pixel_bytes, sniff_format
+from placeid_edge.errors import InvalidImage, TooLarge, TransientError, UnsupportedMediaType
+from placeid.hashing import IMAGEHASH_VERSION, PERCEPTUAL_HASHERS, DHash, HashValue, PHash, WHash, sha256_hash
+from placeid_edge.imaging import (
+    ValidationLimits,
+    check_header,
+    configure_decode_budget,
+    curated_image,
+    decode_budget,
+    decode_estimate,
+    estimate_decode_bytes,
+    decode_image,
+    encode_curated_jpeg,
+    open_image,
+    pixel_sha256,
+    sniff_format,
+)
 from placeid.logs import get_logger, log
 from placeid.neardup import NearDuplicateIndex
 from placeid.store import (
@@ -41,7 +65,10 @@ DUPLICATE = "duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 REJECTED = "rejected"
 QUARANTINED = "quarantined"
-STATUSES = (ACCEPTED, DUPLICATE, NEAR_DUPLICATE, REJECTED, QUARANTINED)
+ERROR = "error"  # an unexpected fault, or transient faults that outlasted max_event_age_s: see ``reason``
+STATUSES = (ACCEPTED, DUPLICATE, NEAR_DUPLICATE, REJECTED, QUARANTINED, ERROR)
+
+#: How long (seconds since the event) transient faults are retried before the photo is recorded as ``error``.
 
 logger = get_logger("ingest")
 
@@ -89,11 +116,35 @@ def curated_path(settings: Settings, place_id: str, image_id: str) -> str:
     return f"{settings.curated_prefix}{place_id}/{image_id}.jpg"
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters (for reasons and logs: names and labels can be huge)."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def unsafe_name_problem(relative_name: str) -> str | None:
+    """Why an object name (below ``raw/``) cannot be trusted to carry a label, or None: ``..``, ``.`` or empty
+    path segments, backslashes, control characters."""
+    if "\\" in relative_name or any(unicodedata.category(char) == "Cc" for char in relative_name):
+        return f"unsafe object name {clip(relative_name)!r}: backslash or control character"
+    if any(segment in ("", ".", "..") for segment in relative_name.split("/")):
+        return f"unsafe object name {clip(relative_name)!r}: empty, '.' or '..' path segment"
+    return None
+
+
 def label_from(obj: StoredObject, settings: Settings) -> tuple[str | None, str | None, str | None]:
-    """(place_id, label_source, problem) from ``raw/<place_id>/...`` and/or the ``place_id`` metadata."""
-    parts = PurePosixPath(obj.name[len(settings.raw_prefix):]).parts
+    """(place_id, label_source, problem) from ``raw/<place_id>/...`` and/or the ``place_id`` metadata; a
+    label must match the catalog's place-id pattern before it goes anywhere near Firestore."""
+    relative = obj.name[len(settings.raw_prefix):]
+    problem = unsafe_name_problem(relative)
+    if problem:
+        return None, None, problem
+    parts = relative.split("/")
     from_path = parts[0] if len(parts) >= 2 else None
-    from_meta = (obj.metadata.get("place_id") or "").strip() or None
+    from_meta = str(obj.metadata.get("place_id") or "").strip() or None
+    for label, source in ((from_path, "path"), (from_meta, "metadata")):
+        if label is not None and not PLACE_ID.match(label):
+            return None, None, (f"invalid place id {clip(label)!r} in the {source}: "
+                                "lowercase letters, digits and '-' only, at most 63")
     if from_path and from_meta and from_path != from_meta:
         return None, None, f"conflicting labels: path says {from_path!r}, metadata says {from_meta!r}"
     if from_path:
@@ -103,22 +154,134 @@ def label_from(obj: StoredObject, settings: Settings) -> tuple[str | None, str |
     return None, None, "no place label: not under raw/<place_id>/ and no place_id metadata"
 
 
+def event_age_s(event_time: str | datetime | None, now: datetime | None = None) -> float | None:
+    """Seconds since the CloudEvent's ``time`` (RFC 3339); None when it is missing or unparseable."""
+    if isinstance(event_time, str):
+        try:
+            event_time = datetime.fromisoformat(event_time.strip())
+        except ValueError:
+            return None
+    if not isinstance(event_time, datetime):
+        return None
+    if event_time.tzinfo is None:
+        event_time = event_time.replace(tzinfo=timezone.utc)
+    return ((now or datetime.now(timezone.utc)) - event_time).total_seconds()
+
+
+#: whash scales (power of two <= the shorter side) from which whash is computed in integers (below).
+WHASH_INTEGER_FROM_SCALE = 2048
+#: Bytes imagehash's own whash holds per pixel of its scale (float64 arrays; measured 161 MiB at 2048).
+WHASH_FLOAT_BYTES = 40
+
+
+def whash_value(grey: Image.Image, hash_size: int = 8) -> imagehash.ImageHash:
+    """imagehash.whash (Haar, max-level LL removed), from its scale WHASH_INTEGER_FROM_SCALE on without its
+    float64 arrays. Its bits are each Haar LL coefficient at level log2(S / hash_size) against their median,
+    after the image mean is removed; an LL coefficient is its block's pixel sum / 2^k, so neither the mean nor
+    the scale changes the order, and the bits are the block sums of the same LANCZOS-resized greyscale image
+    against their median, in exact integers. When the two middle sums differ, every comparison is at least one
+    grey level from the median and imagehash's float result is the same; when they tie (flat areas) imagehash's
+    bits come from float rounding: its own computation is used up to scale 2048 (161 MiB), above that the
+    integer answer (no bit above a tied median)."""
+    scale = max(2 ** int(math.log2(min(grey.size))), hash_size)
+    if scale < WHASH_INTEGER_FROM_SCALE:
+        return imagehash.whash(grey, hash_size=hash_size)
+    small = grey.convert("L").resize((scale, scale), Image.Resampling.LANCZOS)
+    block = scale // hash_size
+    sums = np.asarray(small).reshape(hash_size, block, hash_size, block).sum(axis=(1, 3), dtype=np.int64)
+    middle = np.sort(sums, axis=None)[sums.size // 2 - 1: sums.size // 2 + 1]
+    if middle[0] == middle[1] and scale <= WHASH_INTEGER_FROM_SCALE:
+        return imagehash.whash(small, hash_size=hash_size)  # same input: its resize to its own size is a copy
+    return imagehash.ImageHash(sums > np.median(sums))
+
+
+def perceptual_hashes_of_grey(grey: Image.Image) -> dict[str, HashValue]:
+    """placeid.hashing.perceptual_hashes of an image given as its greyscale conversion (each hash converts to
+    greyscale first, so the values are the same), whash through :func:`whash_value`."""
+    hashes = {}
+    for hasher in PERCEPTUAL_HASHERS:
+        if isinstance(hasher, WHash):
+            hashes[hasher.algorithm] = HashValue(hasher.algorithm, hasher.hash_size**2,
+                                                 str(whash_value(grey, hasher.hash_size)),
+                                                 f"imagehash {IMAGEHASH_VERSION}")
+        elif isinstance(hasher, (PHash, DHash)):
+            # imagehash's first step, done here on the greyscale image it would copy: LANCZOS to its grid (32x32
+            # for phash, (n+1)xn for dhash); its own resize of that grid to the same size is then a copy.
+            n = hasher.hash_size
+            grid = (4 * n, 4 * n) if isinstance(hasher, PHash) else (n + 1, n)
+            hashes[hasher.algorithm] = hasher.hash_image(grey.resize(grid, Image.Resampling.LANCZOS))
+        else:
+            hashes[hasher.algorithm] = hasher.hash_image(grey)
+    return hashes
+
+
+def ingest_estimate(data: bytes, limits: ValidationLimits) -> int:
+    """Peak bytes decoding and hashing ``data`` needs, from its header: the decode (imaging.decode_estimate),
+    or, if more, the RGB image with the curated copy's intermediate (at most a quarter of it) and the greyscale
+    image the perceptual hashes are computed from beside it, or that image and whash's float arrays.
+    Raises what the header checks raise."""
+    if not data:
+        return 0  # decode_image says why
+    img = open_image(data)
+    check_header(img, limits)
+    width, height = img.size
+    scale = 2 ** int(math.log2(min(width, height)))
+    whash = WHASH_FLOAT_BYTES * scale * scale if scale <= WHASH_INTEGER_FROM_SCALE else 0
+    return max(decode_estimate(img), estimate_decode_bytes(width, height, "RGB") + 2 * width * height,
+               width * height + whash)
+
+
+def budget_bytes(max_pixels: int) -> int:
+    """The decode budget that lets the largest image ``max_pixels`` allows through ingest alone: 8 bytes per
+    pixel (a 4-byte mode and its RGB conversion, or a rotated RGB image and its copy), plus strips."""
+    return 8 * max_pixels + 16 * 2**20
+
+
+def describe_failure(exc: BaseException, limit: int = 500) -> str:
+    """``Type: message`` of an exception, truncated (what an ``error`` record's reason says)."""
+    return clip(f"{type(exc).__name__}: {exc}", limit)
+
+
 class Ingestor:
     """Processes finalize events for one bucket layout; holds the (reused) Google Cloud clients."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self, settings: Settings | None = None, max_event_age_s: float | None = None):
         self.settings = settings or Settings.from_env()
+        self.max_event_age_s = (max_event_age_s if max_event_age_s is not None
+                                else self.settings.max_event_age_s)
         self.db = firestore_client(self.settings.project)
         self.gcs = storage_client(self.settings.project)
         self.call_options = firestore_call_options(self.settings)
+        timeout_s = self.settings.firestore_timeout_s  # Storage calls are bounded by the same deadline
+        self.storage_options = {"retry": STORAGE_RETRY.with_timeout(timeout_s), "timeout": timeout_s}
         self.limits = ValidationLimits.from_settings(self.settings)
+        configure_decode_budget(self.settings.decode_budget_mb, self.settings.ingest_decode_wait_s,
+                                auto_bytes=budget_bytes(self.settings.max_pixels))
         self.index = NearDuplicateIndex(self.db, self.settings.near_dup_distance, self.call_options)
         self._known_places: dict[str, float] = {}
 
     # -- entry points -------------------------------------------------------------------------
 
-    def handle_event(self, event_type: str, data: dict) -> dict | None:
-        """Handle one CloudEvent; returns the image record, or None when the event is not for us."""
+    def handle_event(self, event_type: str, data: dict, event_time: str | datetime | None = None) -> dict | None:
+        """Handle one CloudEvent (``event_time``: its ``time``); returns the image record, or None when the
+        event is not for us or nothing could be recorded."""
+        obj = self._object_of(event_type, data)
+        if obj is None:
+            return None
+        started = time.perf_counter()
+        try:
+            record = self.ingest(obj)
+        except Exception as exc:  # noqa: BLE001 - every failure ends retried (young, transient) or recorded
+            record = self._after_failure(obj, exc, event_age_s(event_time))
+            if record is None:
+                return None
+        log(logger, logging.INFO, "ingested", object=obj.uri, generation=obj.generation,
+            image_id=obj.record_id, status=record["status"], reason=record.get("reason"),
+            place_id=record.get("place_id"), duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        return record
+
+    def _object_of(self, event_type: str, data: dict) -> StoredObject | None:
+        """The object a finalize event names, or None (logged) when the event is not one for us."""
         if event_type != FINALIZED_EVENT_TYPE:
             log(logger, logging.INFO, "ignored event type", event_type=event_type)
             return None
@@ -127,24 +290,37 @@ class Ingestor:
         except ValueError as exc:  # a malformed event never gets better: drop it, loudly
             log(logger, logging.ERROR, "dropped malformed storage event", error=str(exc))
             return None
+        if obj.bucket != self.settings.bucket:
+            log(logger, logging.WARNING, "ignored event for another bucket", object=obj.uri,
+                raw_bucket=self.settings.bucket)
+            return None
         if not obj.name.startswith(self.settings.raw_prefix) or obj.name.endswith("/"):
             log(logger, logging.INFO, "ignored object outside raw/", object=obj.uri)
             return None
-        started = time.perf_counter()
+        return obj
+
+    def _after_failure(self, obj: StoredObject, exc: Exception, age_s: float | None) -> dict | None:
+        """A transient fault of a young event raises (the platform redelivers); any other fault, or a transient
+        one older than ``max_event_age_s``, is recorded as ``error``. If that record cannot be written, a young
+        event raises again and an old one is given up (logged)."""
+        transient = isinstance(exc, TransientError) or is_transient(exc)
+        old = age_s is not None and age_s > self.max_event_age_s
+        where = {"object": obj.uri, "generation": obj.generation, "image_id": obj.record_id}
+        if transient and not old:
+            log(logger, logging.WARNING, "transient failure, event will be retried", error=repr(exc), **where)
+            raise TransientError(f"transient failure ingesting {obj.uri}: {exc}") from exc
+        reason = describe_failure(exc)
+        if transient:
+            reason = f"gave up after retries for {age_s:.0f} s: {reason}"
+        logger.error("ingestion failed, recording an error", exc_info=exc, extra={"fields": dict(where, reason=reason)})
         try:
-            record = self.ingest(obj)
-        except TransientError:
-            raise
-        except Exception as exc:
-            if is_transient(exc):
-                log(logger, logging.WARNING, "transient failure, event will be retried",
-                    object=obj.uri, generation=obj.generation, error=repr(exc))
-                raise TransientError(f"transient failure ingesting {obj.uri}: {exc}") from exc
-            raise
-        log(logger, logging.INFO, "ingested", object=obj.uri, generation=obj.generation,
-            image_id=obj.record_id, status=record["status"], reason=record.get("reason"),
-            place_id=record.get("place_id"), duration_ms=round((time.perf_counter() - started) * 1000, 1))
-        return record
+            return self.record_error(obj, reason)
+        except Exception as record_exc:  # noqa: BLE001
+            if not old:
+                raise TransientError(f"cannot record the failure of {obj.uri}: {record_exc}") from exc
+            log(logger, logging.ERROR, "gave up: event too old and its failure cannot be recorded",
+                error=describe_failure(record_exc), reason=reason, **where)
+            return None
 
     def ingest(self, obj: StoredObject) -> dict:
         """Process one object generation; idempotent."""
@@ -156,7 +332,7 @@ class Ingestor:
                 return record  # redelivery of finished work
 
         record = self._base_record(obj)
-        blob = self.gcs.bucket(obj.bucket).get_blob(obj.name, generation=obj.generation)
+        blob = self.gcs.bucket(obj.bucket).get_blob(obj.name, generation=obj.generation, **self.storage_options)
         if blob is None:
             return self._commit_final(image_ref, record, REJECTED, "object generation no longer exists")
         record["size_bytes"] = blob.size
@@ -165,22 +341,17 @@ class Ingestor:
             return self._commit_final(image_ref, record, REJECTED,
                                       f"file too large: {blob.size} bytes > limit {self.settings.max_object_bytes}")
         try:
-            data = blob.download_as_bytes()
+            data = blob.download_as_bytes(**self.storage_options)
         except gexc.NotFound:  # overwritten or deleted since the metadata read
             return self._commit_final(image_ref, record, REJECTED, "object generation no longer exists")
         record["hashes"] = {"file_sha256": sha256_hash(data).to_dict()}
         try:
-            decoded = decode_image(data, self.limits)
-        except (InvalidImage, UnsupportedMediaType) as exc:
+            curated = self._decode_and_hash(data, record)
+        except (InvalidImage, UnsupportedMediaType, TooLarge) as exc:
             record["format"] = sniff_format(data)
             return self._commit_final(image_ref, record, REJECTED, exc.message)
+        del data  # from here on only the hashes and the small curated image are held
 
-        record.update(
-            format=decoded.format, source_mode=decoded.source_mode, frames=decoded.frames,
-            exif_orientation=decoded.orientation, width=decoded.size[0], height=decoded.size[1],
-        )
-        record["hashes"]["pixels_sha256"] = sha256_hash(pixel_bytes(decoded.rgb)).to_dict()
-        record["hashes"].update({k: v.to_dict() for k, v in perceptual_hashes(decoded.rgb).items()})
         place_id, label_source, problem = label_from(obj, self.settings)
         if place_id and not problem and not self._place_exists(place_id):
             problem = f"unknown place id {place_id!r}"
@@ -190,8 +361,28 @@ class Ingestor:
         if record["status"] == ACCEPTED:
             record = self._settle_concurrent_near_duplicates(image_ref, record)
         if record["status"] == ACCEPTED:
-            record = self.write_curated_copy(image_ref, record, decoded)
+            record = self.write_curated_copy(image_ref, record, curated)
         return record
+
+    def _decode_and_hash(self, data: bytes, record: dict):
+        """Decode, hash and shrink to the curated size within the process's decode memory budget (reserved
+        from the header's estimate, :func:`ingest_estimate`); fills ``record`` and returns the curated-size
+        image. Full-size pixels exist only inside this call."""
+        with decode_budget.reserve(ingest_estimate(data, self.limits), "image"):
+            decoded = decode_image(data, self.limits)
+            record.update(
+                format=decoded.format, source_mode=decoded.source_mode, frames=decoded.frames,
+                exif_orientation=decoded.orientation, width=decoded.size[0], height=decoded.size[1],
+            )
+            rgb = decoded.rgb
+            del decoded
+            record["hashes"]["pixels_sha256"] = HashValue("sha256", 256, pixel_sha256(rgb), "hashlib").to_dict()
+            curated = curated_image(rgb, self.settings.curated_max_side)
+            grey = rgb.convert("L")  # what every perceptual hash starts from; the full RGB can go
+            rgb.close()
+            del rgb
+            record["hashes"].update({k: v.to_dict() for k, v in perceptual_hashes_of_grey(grey).items()})
+            return curated
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -214,7 +405,7 @@ class Ingestor:
     def _place_exists(self, place_id: str, ttl_s: float = 60.0) -> bool:
         if time.monotonic() - self._known_places.get(place_id, -ttl_s) < ttl_s:
             return True
-        if "/" in place_id or place_id in (".", ".."):
+        if not PLACE_ID.match(place_id):  # Firestore refuses some ids (``__x__``, long ones): never ask it
             return False
         exists = self.db.collection(PLACES).document(place_id).get(**self.call_options).exists
         if exists:
@@ -229,6 +420,30 @@ class Ingestor:
         except gexc.AlreadyExists:
             pass  # an earlier delivery recorded it
         return image_ref.get(**self.call_options).to_dict()
+
+    def record_error(self, obj: StoredObject, reason: str) -> dict:
+        """Record that ``obj`` could not be ingested (status ``error``, without its metadata: it may be what
+        Firestore refused). An existing accepted record whose copy was never written is demoted to ``error``
+        and gives up its claims; other existing records are finished work and stay as they are."""
+        image_ref = self.db.collection(IMAGES).document(obj.record_id)
+        record = dict(self._base_record(obj), metadata={}, status=ERROR, reason=reason)
+        try:
+            image_ref.create(record, **self.call_options)
+        except gexc.AlreadyExists:
+            self._demote_unfinished(image_ref, reason)
+        return image_ref.get(**self.call_options).to_dict()
+
+    def _demote_unfinished(self, image_ref, reason: str) -> None:
+        @firestore.transactional
+        def demote(txn: firestore.Transaction) -> None:
+            current = image_ref.get(transaction=txn).to_dict()
+            if current["status"] != ACCEPTED or current.get("curated", {}).get("written"):
+                return
+            self.release_claims(txn, current)
+            txn.update(image_ref, {"status": ERROR, "reason": reason, "curated": firestore.DELETE_FIELD,
+                                   "updated_at": firestore.SERVER_TIMESTAMP})
+
+        demote(self.db.transaction())
 
     def _decide_and_commit(self, image_ref, record: dict, label_problem: str | None) -> dict:
         """In one transaction: exact-duplicate and file-name claims, near-duplicate verdict, record."""
@@ -327,19 +542,22 @@ class Ingestor:
     def load_source(self, record: dict):
         """Download and decode the exact source generation of a record."""
         source = record["source"]
-        blob = self.gcs.bucket(source["bucket"]).get_blob(source["name"], generation=source["generation"])
+        blob = self.gcs.bucket(source["bucket"]).get_blob(source["name"], generation=source["generation"],
+                                                          **self.storage_options)
         if blob is None:
             raise InvalidImage(f"source {source['uri']}#{source['generation']} no longer exists")
-        return decode_image(blob.download_as_bytes(), self.limits)
+        return decode_image(blob.download_as_bytes(**self.storage_options), self.limits)
 
     def write_curated_copy(self, image_ref, record: dict, decoded) -> dict:
-        """Create-only upload of the normalised copy (a redelivery finds it there), then mark it written."""
+        """Create-only upload of the normalised copy (a redelivery finds it there), then mark it written.
+        ``decoded``: a :class:`DecodedImage` or the RGB image itself (ingest passes the curated-size one)."""
         path = record["curated"]["path"]
-        jpeg = encode_curated_jpeg(decoded.rgb, self.settings.curated_max_side, self.settings.curated_jpeg_quality)
+        rgb = getattr(decoded, "rgb", decoded)
+        jpeg = encode_curated_jpeg(rgb, self.settings.curated_max_side, self.settings.curated_jpeg_quality)
         bucket = self.settings.curated_bucket or record["source"]["bucket"]
         blob = self.gcs.bucket(bucket).blob(path)
         try:
-            blob.upload_from_string(jpeg, content_type="image/jpeg", if_generation_match=0)
+            blob.upload_from_string(jpeg, content_type="image/jpeg", if_generation_match=0, **self.storage_options)
         except gexc.PreconditionFailed:
             pass  # written by an earlier delivery of this event
         curated = {"path": path, "uri": f"gs://{bucket}/{path}", "bucket": bucket, "written": True,

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import io
+import json
 import logging
+import re
 import threading
 import time
 from importlib import resources
@@ -22,11 +26,17 @@ from placeid.logs import get_logger, log
 from placeid.serving import ModelCache, PlaceDirectory
 from placeid.registry import Registry
 from placeid_edge.errors import BadRequest, NotFound, PlaceidError, TooLarge, UnsupportedMediaType
+from placeid_edge.imaging import configure_decode_budget
+from placeid_edge.preprocess import budget_bytes
 
 logger = get_logger("placeid.predict")
 MODEL_NAME = "placeid"
 MODEL_PATH = f"/v1/models/{MODEL_NAME}"
 RAW_TYPES = ("image/", "application/octet-stream")
+#: A photo upload has one file field; a multipart body with more parts than this is refused.
+MAX_FORM_PARTS = 8
+#: On every answer: no MIME sniffing, no framing, no referrer.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 
 
 class MethodNotAllowed(PlaceidError):
@@ -38,14 +48,29 @@ def _page() -> str:
     return (resources.files("placeid") / "data" / "predict.html").read_text(encoding="utf-8")
 
 
+def page_csp(page: str) -> str:
+    """The page's Content-Security-Policy: its own inline script and style by hash, requests to itself,
+    images from itself or the chosen photo (blob:), nothing else, and no framing."""
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+            "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'")
+
+
 class PredictService:
     """Answers predict requests. One per process; thread-safe."""
 
     def __init__(self, settings: Settings, models: ModelCache, places: PlaceDirectory):
         self.settings = settings
+        configure_decode_budget(settings.decode_budget_mb, settings.decode_wait_s,  # shared by every request
+                                auto_bytes=budget_bytes(settings.max_pixels))
         self.models = models
         self.places = places
         self._page = _page()
+        self._page_csp = page_csp(self._page)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> "PredictService":
@@ -78,7 +103,11 @@ class PredictService:
             fields["error"] = repr(exc)
         request.max_content_length = None
         if response.status_code == 413:
-            _discard_body(request)
+            # The rest of a refused body is never read: functions-framework reads what is left of every body
+            # after the response (get_data), so it gets an empty stream, and the connection is closed.
+            request.__dict__["stream"] = io.BytesIO()
+            response.headers["Connection"] = "close"
+        response.headers.update(SECURITY_HEADERS)
         self._cors(request, response)
         log(logger, logging.INFO if response.status_code < 500 else logging.ERROR, "request",
             method=request.method, path=request.path, status=response.status_code,
@@ -88,7 +117,8 @@ class PredictService:
     def _route(self, request: flask.Request, fields: dict) -> flask.Response:
         path = request.path.rstrip("/") or "/"
         routes = {
-            "/": {"GET": lambda: flask.Response(self._page, mimetype="text/html"),
+            "/": {"GET": lambda: flask.Response(self._page, mimetype="text/html",
+                                                headers={"Content-Security-Policy": self._page_csp}),
                   "POST": lambda: self._predict_one(request, fields)},
             MODEL_PATH: {"GET": lambda: self._json(self._status())},
             f"{MODEL_PATH}/metadata": {"GET": lambda: self._json(self._metadata())},
@@ -113,7 +143,10 @@ class PredictService:
 
     def _predict_instances(self, request: flask.Request, fields: dict) -> flask.Response:
         self._check_length(request)
-        payload = request.get_json(silent=True)
+        try:
+            payload = json.loads(self._read_body(request))
+        except (ValueError, RecursionError):  # malformed, not UTF-8, or nested deeper than any real request
+            payload = None
         if not isinstance(payload, dict):
             raise BadRequest('expected a JSON body {"instances": [{"b64": "..."}]}')
         if payload.get("signature_name", "serving_default") != "serving_default":
@@ -170,7 +203,14 @@ class PredictService:
         self._check_length(request)
         mimetype = request.mimetype or ""
         if mimetype == "multipart/form-data":
-            upload = request.files.get("image")
+            request.max_form_parts = MAX_FORM_PARTS
+            try:
+                upload = request.files.get("image")
+            except RequestEntityTooLarge:
+                if request.content_length is not None and request.content_length <= self.settings.max_request_bytes:
+                    raise BadRequest(f"multipart body with more than {MAX_FORM_PARTS} parts; send one 'image' "
+                                     "file field") from None
+                raise
             if upload is None:
                 raise BadRequest("multipart request without an 'image' file field")
             data = upload.read()
@@ -224,16 +264,6 @@ class PredictService:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
             response.headers["Access-Control-Max-Age"] = "3600"
-
-
-def _discard_body(request: flask.Request) -> None:
-    """Read what is left of a refused body in small chunks, so that nothing (functions-framework drains the
-    body after every response) ever holds it in memory whole."""
-    try:
-        while request.stream.read(1 << 16):
-            pass
-    except Exception:  # noqa: BLE001 - the client may have gone; there is nothing left to protect
-        pass
 
 
 def _decode_instance(instance, index: int) -> bytes:

@@ -19,9 +19,9 @@ from google.cloud import firestore
 from placeid.catalog import get_place, to_json
 from placeid.config import Settings
 from placeid.logs import get_logger, log
-from placeid.registry import Registry
+from placeid.registry import Registry, check_version
 from placeid.store import is_transient
-from placeid_edge.bundle import Bundle, bundle_files
+from placeid_edge.bundle import MAX_FILE_BYTES, Bundle, bundle_files
 from placeid_edge.errors import InvalidBundle, ModelUnavailable, PlaceidError, TransientError
 
 logger = get_logger("placeid.serving")
@@ -42,7 +42,10 @@ class ModelCache:
         self.cache_dir = Path(settings.model_cache_dir)
         self._bundle: Bundle | None = None
         self._next_check = 0.0
-        self._unavailable: PlaceidError | None = None
+        # Why there is no model, as (error class, message for the client): a fresh exception is raised per
+        # request (re-raising one stored exception would grow its traceback with every request).
+        self._unavailable: tuple[type[PlaceidError], str] | None = None
+        self._failed: tuple[str, float] | None = None  # (version, monotonic time before which it is not retried)
         self._lock = threading.Lock()
 
     @property
@@ -60,14 +63,16 @@ class ModelCache:
                 finally:
                     self._lock.release()
         if self._bundle is None:
-            raise self._unavailable or ModelUnavailable(
-                "no model is being served yet: train one and promote it (placeid train --promote)")
+            kind, message = self._unavailable or (
+                ModelUnavailable, "no model is being served yet: train one and promote it (placeid train --promote)")
+            raise kind(message)
         return self._bundle
 
     def _refresh(self) -> None:
         """Re-read the pointer and load a new version; without a bundle, a failure is kept (and raised) until
-        the next check, at most every NO_MODEL_RECHECK_S seconds."""
+        the next check, at most every NO_MODEL_RECHECK_S seconds. Details go to the log, never to clients."""
         self._unavailable = None
+        version = None
         try:
             pointer = self.registry.serving()
             if pointer is None:
@@ -75,37 +80,52 @@ class ModelCache:
                 return
             version = pointer["version"]
             if self._bundle is None or self._bundle.version != version:
+                if self._failed and self._failed[0] == version and time.monotonic() < self._failed[1]:
+                    raise InvalidBundle(f"model {version} failed to load; retried after a pause")
                 previous = self._bundle.version if self._bundle else None
                 self._bundle = self._load(version)
+                self._failed = None
                 log(logger, logging.INFO, "serving model", model_version=version, previous_version=previous)
         except Exception as exc:  # noqa: BLE001 - keep serving the current model through any fault
+            if isinstance(exc, PlaceidError) and not isinstance(exc, TransientError) and version and not (
+                    self._failed and self._failed[0] == version):
+                # a broken bundle is not fetched again on every request: once per refresh period
+                self._failed = (version, time.monotonic() + self.settings.model_refresh_s)
             if self._bundle is None:
                 self._next_check = time.monotonic() + NO_MODEL_RECHECK_S
-                if isinstance(exc, InvalidBundle):
-                    self._unavailable = ModelUnavailable(f"the promoted model cannot be served: {exc.message}")
-                elif isinstance(exc, PlaceidError):
-                    self._unavailable = exc
-                elif is_transient(exc):
-                    self._unavailable = TransientError(f"cannot reach the model registry: {exc}")
+                if isinstance(exc, TransientError) or (not isinstance(exc, PlaceidError) and is_transient(exc)):
+                    self._unavailable = (TransientError, "cannot reach the model registry")
+                elif isinstance(exc, PlaceidError):  # broken, unregistered or malformed: the pointer is at fault
+                    self._unavailable = (ModelUnavailable, "the promoted model cannot be served")
                 else:
                     raise
+                log(logger, logging.ERROR, "no model to serve", model_version=version, error=repr(exc))
                 return
             log(logger, logging.WARNING, "model refresh failed; still serving the current model",
                 model_version=self._bundle.version, error=str(exc))
         self._next_check = time.monotonic() + self.settings.model_refresh_s
 
     def _load(self, version: str) -> Bundle:
-        folder = self.cache_dir / version
+        """The bundle of a registered version: from the cache folder, or downloaded, verified and moved there."""
+        self.registry.get(check_version(version))  # a registered version, never a name made up in the pointer
+        cache_dir = self.cache_dir.resolve()
+        folder = (cache_dir / version).resolve()
+        if folder.parent != cache_dir:
+            raise InvalidBundle(f"model version {version!r} is not a folder of the model cache")
         if folder.is_dir():
             try:
                 return Bundle.load(folder, pool_size=self.pool_size)
             except InvalidBundle:
                 shutil.rmtree(folder, ignore_errors=True)  # altered on disk: fetch it again
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.cache_dir))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=cache_dir))
         try:
             self._download(version, "manifest.json", staging)
-            for name in bundle_files(json.loads((staging / "manifest.json").read_text()))[1:]:
+            try:
+                manifest = json.loads((staging / "manifest.json").read_text())
+            except ValueError:
+                raise InvalidBundle(f"model {version}: manifest.json is not JSON") from None
+            for name in bundle_files(manifest)[1:]:  # fixed names only: nothing from the manifest is a path
                 self._download(version, name, staging)
             bundle = Bundle.load(staging, pool_size=self.pool_size)
             try:
@@ -118,10 +138,15 @@ class ModelCache:
             raise
 
     def _download(self, version: str, name: str, folder: Path) -> None:
+        """One file of the bundle, never more than MAX_FILE_BYTES of it (one request, no metadata read)."""
+        path = folder / name
         try:
-            self.bucket.blob(f"{self.registry.prefix}{version}/{name}").download_to_filename(str(folder / name))
+            self.bucket.blob(f"{self.registry.prefix}{version}/{name}").download_to_filename(
+                str(path), start=0, end=MAX_FILE_BYTES)  # inclusive: one byte over the limit tells
         except gexc.NotFound:
             raise InvalidBundle(f"model {version} has no {name} in gs://{self.bucket.name}/") from None
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidBundle(f"model {version}: {name} is larger than {MAX_FILE_BYTES} bytes")
 
 
 class PlaceDirectory:

@@ -24,7 +24,6 @@ NEAR_BANDS = "near_bands"
 CONTENT_CLAIMS = "content_claims"
 FILENAME_CLAIMS = "filename_claims"
 MODELS = "models"
-CONFIG = "config"
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ ORIENTED_CORNER = {2: "top-right", 3: "bottom-right", 4: "bottom-left", 5: "top-
 def test_corpus_of_bad_and_odd_inputs(catalog, db, bucket, world30_photos):
     photos = [paths[0] for paths in world30_photos.values()]
     cases, originals = build_cases(photos)
-    assert len(cases) >= 25
+    assert len(cases) >= 35
     client = create_app(target="ingest", source=SOURCE).test_client()
     for case in cases:
-        resource = upload(bucket, f"raw/eiffel-tower/{case.name}", case.data, content_type="image/jpeg")
+        resource = upload(bucket, f"raw/eiffel-tower/{case.name}", case.data, content_type=case.content_type)
         assert post_event(client, storage_event(resource)).status_code == 200, case.name
     records = {snap.get("file_name"): snap.to_dict() for snap in db.collection("images").stream()}
     failures = []
@@ -73,6 +73,8 @@ def test_corpus_of_bad_and_odd_inputs(catalog, db, bucket, world30_photos):
             half = arr.shape[1] // 2
             assert arr[:, : half - 8].mean() > 252  # the transparent half, composited over white
             assert arr[:, half + 8:].mean() < 200  # the photo half keeps its colours
+        elif case.check == "large":  # decoded in full (within the pixel limit), curated at the size cap
+            assert (record["width"], record["height"]) == (7200, 5400) and image.size == (1024, 768)
         elif case.check == "no-exif":
             assert len(bucket.blob(record["curated"]["path"]).download_as_bytes()) < 40000
         elif case.check and case.check.startswith("orientation-"):

@@ -10,7 +10,9 @@ from functions_framework import create_app
 from PIL import Image, ImageEnhance
 
 from placeid.config import REPO_ROOT, Settings
+from placeid.ingest import FINALIZED_EVENT_TYPE as FINALIZED
 from placeid.ingest import Ingestor, StoredObject
+from placeid_edge.errors import TransientError
 from tests.events import post_event, storage_event, upload
 
 SOURCE = str(REPO_ROOT / "functions" / "ingest" / "main.py")
@@ -195,3 +197,116 @@ def test_concurrent_near_identical_photos_accept_exactly_one(catalog, db, bucket
     assert curated_objects(bucket) == [winner["curated"]["path"]]
     indexed = ingestor.index.find(winner["hashes"]["phash"]["hex"])
     assert [m.image_id for m in indexed] == [winner["image_id"]]
+
+
+# -- labels, buckets, and faults: every outcome is recorded ------------------------------------------------
+
+def test_place_ids_firestore_refuses_are_quarantined_before_reaching_it(client, db, bucket, world30_photos):
+    photos = world30_photos["petra"]
+    for index, label in enumerate(("__x__", "a" * 2000, "Petra", "petra/louvre")):
+        name = f"raw/loose-{index}.jpg"
+        response = post_event(client, storage_event(upload(bucket, name, photos[index].read_bytes(),
+                                                           {"place_id": label})))
+        assert response.status_code == 200
+    response = post_event(client, storage_event(upload(bucket, "raw/__x__/y.jpg", photos[4].read_bytes())))
+    assert response.status_code == 200
+    records = images(db)
+    assert len(records) == 5
+    for record in records:
+        assert record["status"] == "quarantined" and record["place_id"] is None
+        assert record["reason"].startswith("invalid place id") and len(record["reason"]) < 300
+    assert curated_objects(bucket) == []
+
+
+def test_unsafe_object_names_never_yield_a_label(client, db, bucket, world30_photos):
+    names = ["raw/louvre/../petra/x.jpg", "raw/./louvre/a.jpg", "raw/louvre//b.jpg", "raw/louvre/c\\d.jpg",
+             "raw/louvre\\petra/e.jpg", "raw/louvre/f\x07.jpg", "raw/louvre\x1b/g.jpg"]
+    for name, photo in zip(names, world30_photos["louvre"]):
+        assert post_event(client, storage_event(upload(bucket, name, photo.read_bytes()))).status_code == 200
+    records = images(db)
+    assert len(records) == len(names)
+    for record in records:
+        assert record["status"] == "quarantined" and record["place_id"] is None
+        assert record["reason"].startswith("unsafe object name"), record["reason"]
+    assert curated_objects(bucket) == []
+
+
+def test_events_for_another_bucket_are_ignored(client, db, bucket, settings, world30_photos, capsys):
+    from placeid.store import ensure_bucket
+
+    other = ensure_bucket(settings, f"{settings.bucket}-other")
+    resource = upload(other, "raw/petra/x.jpg", world30_photos["petra"][0].read_bytes())
+    try:
+        assert post_event(client, storage_event(resource)).status_code == 200
+        assert images(db) == []
+        assert list(other.list_blobs(prefix="curated/")) == [] and curated_objects(bucket) == []
+        assert "ignored event for another bucket" in capsys.readouterr().out
+    finally:
+        for blob in other.list_blobs():
+            blob.delete()
+
+
+def test_unexpected_fault_is_recorded_as_error_not_retried(client, db, bucket, world30_photos, capsys):
+    # Firestore refuses the field name '__x__' (reserved): a deterministic fault no retry can cure.
+    resource = upload(bucket, "raw/petra/odd-metadata.jpg", world30_photos["petra"][0].read_bytes(), {"__x__": "1"})
+    event = storage_event(resource)
+    for _ in range(2):  # acknowledged, and a redelivery finds the record
+        assert post_event(client, event).status_code == 200
+    [record] = images(db)
+    assert record["status"] == "error" and record["reason"].startswith("InvalidArgument: ")
+    assert "__x__" in record["reason"] and len(record["reason"]) <= 520
+    assert record["metadata"] == {} and record["source"]["name"] == "raw/petra/odd-metadata.jpg"
+    assert curated_objects(bucket) == []
+    assert '"severity": "ERROR", "message": "ingestion failed, recording an error"' in capsys.readouterr().out
+
+
+def test_fault_after_acceptance_demotes_to_error_and_releases_claims(catalog, db, bucket, world30_photos):
+    data = world30_photos["petra"][1].read_bytes()
+    misconfigured = Ingestor(Settings.from_env(curated_bucket="placeid-no-such-bucket"))
+    resource = upload(bucket, "raw/petra/first.jpg", data)
+    record = misconfigured.handle_event(FINALIZED, resource)
+    assert record["status"] == "error" and record["reason"].startswith("NotFound: ")
+    assert "curated" not in record
+    # Its content claims were released: the same photo, delivered again under another name, is accepted.
+    again = Ingestor().handle_event(FINALIZED, upload(bucket, "raw/petra/second.jpg", data))
+    assert again["status"] == "accepted" and again["curated"]["written"]
+
+
+@pytest.fixture
+def dead_storage(monkeypatch, catalog, stack_settings):
+    """The ingest function's environment with Cloud Storage unreachable (nothing listens on its port) and a
+    project of its own (fresh clients, its own Firestore documents): a real transient fault."""
+    from tests.conftest import free_port, reset_firestore
+    from placeid.store import firestore_client
+
+    project = "placeid-test-dead-storage"
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", project)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("PLACEID_FIRESTORE_TIMEOUT_S", "1")
+    other = Settings.from_env(firestore_port=stack_settings.firestore_port)
+    reset_firestore(other)
+    yield firestore_client(project)
+    reset_firestore(other)
+
+
+def test_transient_faults_are_retried_while_the_event_is_young_then_recorded(dead_storage, bucket, world30_photos):
+    from datetime import datetime, timedelta, timezone
+
+    from placeid.ingest import event_age_s
+
+    client = create_app(target="ingest", source=SOURCE).test_client()
+    resource = upload(bucket, "raw/petra/unlucky.jpg", world30_photos["petra"][2].read_bytes())
+    young = storage_event(resource)
+    young["time"] = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
+    assert post_event(client, young).status_code == 500  # the platform redelivers
+    assert images(dead_storage) == []
+    old = storage_event(resource)
+    old["time"] = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat().replace("+00:00", "Z")
+    assert post_event(client, old).status_code == 200  # given up, and recorded
+    [record] = images(dead_storage)
+    assert record["status"] == "error" and record["reason"].startswith("gave up after retries for 72")
+    assert "RetryError" in record["reason"]
+    # A missing or unparseable time counts as young.
+    assert event_age_s(None) is None and event_age_s("yesterday") is None
+    with pytest.raises(TransientError):
+        Ingestor().handle_event(FINALIZED, dict(resource, name="raw/petra/other.jpg"), "yesterday")

@@ -161,3 +161,27 @@ def test_placeid_predict_command(predict_server, db, bucket, small_bundle, scrat
     out = capsys.readouterr().out
     assert (expected["place"]["name"] if expected["place"] else "unknown") in out
     assert "error 415" in out
+
+
+def test_an_oversized_body_is_refused_without_reading_it(predict_server):
+    """A client announcing 200 MB gets its 413 after sending 1 MB: the function never waits for (or reads) the
+    rest. (gunicorn ignores the function's `Connection: close` and, on a kept-alive connection, discards what
+    follows in 8 KiB reads; Cloud Run's front end refuses bodies over 32 MiB before they reach it.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    url, _ = predict_server
+    address = urlparse(url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                           b"Content-Length: 200000000\r\n\r\n" + b"\xff" * (1 << 20))
+        started = time.monotonic()
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head = answer.split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 413"), head
+    assert time.monotonic() - started < 5

@@ -20,20 +20,44 @@ from placeid_edge.preprocess import PREPROCESSING, ImageSource, prepare_image
 from placeid_edge.rejection import FEATURE_RULES, rejection_score
 from placeid_edge.runtime import TFLiteModel, run_with_mirror
 
-#: Files every bundle is made of; a run folder may hold more (the manifest lists their hashes too).
-BUNDLE_FILES = ("manifest.json", "model_int8.tflite", "labels.json", "places.json")
 #: The unknown-place rule's prototypes, in bundles whose rule compares features (float16, places x k rows).
 PROTOTYPES_FILE = "prototypes.npy"
+#: The file of each part of a bundle (with manifest.json; a run folder may hold more, all hashed in the
+#: manifest), by the manifest key that names it. A manifest is untrusted input: it may only
+#: restate these fixed names, so no name from it ever becomes a path.
+PART_FILES = {"model_file": "model_int8.tflite", "labels_file": "labels.json", "places_file": "places.json"}
+#: No file of a bundle may be larger (the model is a few MB); a zip member is checked before it is inflated.
+MAX_FILE_BYTES = 64 * 1024 * 1024
 #: Known places listed next to an EXIF GPS position.
 GPS_NEAREST = 3
 
 PlaceLookup = Callable[[str], "dict | None"]
 
 
+def _part_names(manifest: dict) -> dict[str, str]:
+    """Part -> file name for this manifest: the fixed names, and the prototypes when its rule has them.
+    Raises :class:`InvalidBundle` when the manifest names any other file."""
+    if not isinstance(manifest, dict):
+        raise InvalidBundle("manifest.json is not a JSON object")
+    names = {}
+    for key, fixed in PART_FILES.items():
+        if manifest.get(key, fixed) != fixed:
+            raise InvalidBundle(f"manifest {key} must be {fixed!r}, not {manifest[key]!r}")
+        names[key.removesuffix("_file")] = fixed
+    rule = manifest.get("rejection") or {}
+    if not isinstance(rule, dict):
+        raise InvalidBundle("manifest rejection must be an object")
+    prototypes = rule.get("prototypes_file")
+    if prototypes is not None:
+        if prototypes != PROTOTYPES_FILE:
+            raise InvalidBundle(f"manifest prototypes_file must be {PROTOTYPES_FILE!r}, not {prototypes!r}")
+        names["prototypes"] = PROTOTYPES_FILE
+    return names
+
+
 def bundle_files(manifest: dict) -> list[str]:
-    """The files of the bundle this manifest describes: the fixed ones and those its rule names."""
-    extra = (manifest.get("rejection") or {}).get("prototypes_file")
-    return list(BUNDLE_FILES) + ([extra] if extra else [])
+    """The files of the bundle this manifest describes (fixed names only; see :data:`PART_FILES`)."""
+    return ["manifest.json", *_part_names(manifest).values()]
 
 
 def map_url(lat: float, lng: float) -> str:
@@ -59,7 +83,11 @@ class Prediction:
 
 
 def _read_member(source: Path, archive: zipfile.ZipFile | None, name: str) -> bytes:
+    """One file of a bundle folder or zip, refused above :data:`MAX_FILE_BYTES` before it is read."""
     try:
+        size = archive.getinfo(name).file_size if archive else (source / name).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InvalidBundle(f"{source}: {name} is {size} bytes, over the limit of {MAX_FILE_BYTES}")
         return archive.read(name) if archive else (source / name).read_bytes()
     except (KeyError, FileNotFoundError):
         raise InvalidBundle(f"{source}: {name} is missing") from None
@@ -106,26 +134,30 @@ class Bundle:
         try:
             archive = zipfile.ZipFile(path) if path.is_file() else None
             manifest = json.loads(_read_member(path, archive, "manifest.json"))
-            names = {key: manifest.get(f"{key}_file", default) for key, default in
-                     (("model", "model_int8.tflite"), ("labels", "labels.json"), ("places", "places.json"))}
-            prototypes_file = (manifest.get("rejection") or {}).get("prototypes_file")
-            if prototypes_file:
-                names["prototypes"] = prototypes_file
             contents = {}
-            for key, name in names.items():
+            for key, name in _part_names(manifest).items():
                 data = _read_member(path, archive, name)
-                expected = manifest.get("files", {}).get(name)
+                expected = (manifest.get("files") or {}).get(name)
                 if expected != hashlib.sha256(data).hexdigest():
                     raise InvalidBundle(f"{path}: {name} does not match the sha256 in its manifest")
                 contents[key] = data
-        except (json.JSONDecodeError, KeyError, zipfile.BadZipFile) as exc:
-            raise InvalidBundle(f"{path}: not a readable bundle ({exc})") from None
+            prototypes = np.load(io.BytesIO(contents["prototypes"]), allow_pickle=False) \
+                if "prototypes" in contents else None
+            labels, places = json.loads(contents["labels"]), json.loads(contents["places"])
+            if not (isinstance(labels, list) and all(isinstance(label, str) for label in labels)):
+                raise InvalidBundle(f"{path}: labels.json is not a list of place ids")
+            if not (isinstance(places, list) and all(isinstance(p, dict) and "place_id" in p for p in places)):
+                raise InvalidBundle(f"{path}: places.json is not a list of places")
+            return cls(manifest, contents["model"], labels, places, source=str(path), prototypes=prototypes,
+                       **options)
+        except InvalidBundle:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, OSError, zipfile.BadZipFile) as exc:
+            # json.JSONDecodeError is a ValueError; a manifest missing a key or holding the wrong type lands here
+            raise InvalidBundle(f"{path}: not a readable bundle ({type(exc).__name__}: {exc})") from None
         finally:
             if archive:
                 archive.close()
-        prototypes = np.load(io.BytesIO(contents["prototypes"])) if "prototypes" in contents else None
-        return cls(manifest, contents["model"], json.loads(contents["labels"]), json.loads(contents["places"]),
-                   source=str(path), prototypes=prototypes, **options)
 
     @property
     def input_size(self) -> int:
@@ -150,8 +182,8 @@ class Bundle:
         for source in images:
             begin = time.perf_counter()
             opened = open_image(source)
-            positions.append(exif_gps(opened))
-            pixels.append(prepare_image(opened, self.model.size, self.limits))
+            pixels.append(prepare_image(opened, self.model.size, self.limits))  # validates, then decodes
+            positions.append(exif_gps(opened))  # only from a photo that passed: its pixels are already loaded
             decode_ms.append((time.perf_counter() - begin) * 1000)
         if not pixels:
             return []

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
-from placeid_edge.errors import InvalidImage, UnsupportedMediaType
+from placeid_edge.errors import InvalidImage, TooLarge, TransientError, UnsupportedMediaType
 
 try:  # HEIC/HEIF from phones, when pillow-heif is installed
     from pillow_heif import register_heif_opener
@@ -20,13 +27,147 @@ except ImportError:  # pragma: no cover - optional dependency
     HEIF_FORMATS = set()
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a grey half-image
-# Pillow's own guard raises only at 2x this; placeid checks its configured limit before decoding.
-Image.MAX_IMAGE_PIXELS = None
+#: Pillow's own decompression-bomb guard, a backstop behind placeid's configured limit (checked from the header
+#: before anything is decoded): Pillow warns above it and refuses twice as many pixels.
+BACKSTOP_MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = BACKSTOP_MAX_PIXELS
 
 #: Formats accepted, identified by content (Pillow's sniffing), never by file extension.
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP"} | HEIF_FORMATS)
 _SRGB = ImageCms.createProfile("sRGB")
 _WHITE = (255, 255, 255)
+
+
+# -- decode memory budget -----------------------------------------------------------------------------------------
+
+#: Bytes per pixel Pillow holds for each mode once decoded (RGB is stored as 4 bytes, RGBX).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "LA": 4, "La": 4, "PA": 4,
+               "RGB": 4, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "YCbCr": 4, "LAB": 4, "HSV": 4, "I": 4,
+               "F": 4}
+#: Rows converted at a time by the strip conversions (16-bit, float, alpha): bounded temporaries.
+STRIP_ROWS = 64
+
+
+def estimate_decode_bytes(width: int, height: int, mode: str, *, converted: bool = True, copies: int = 1,
+                          strips: bool = True) -> int:
+    """Memory one decode needs at its peak, from the header: the decoded pixels (``copies`` of them) plus the
+    8-bit RGB result when the mode needs a conversion (``converted``), plus the strips of a strip conversion."""
+    pixels = width * height
+    decoded = pixels * _MODE_BYTES.get(mode, 4) * copies
+    rgb = pixels * 4 if converted and mode != "RGB" else 0
+    strip_bytes = width * STRIP_ROWS * 8 * 4 if strips and mode not in ("RGB", "L", "P") else 0
+    return decoded + rgb + strip_bytes
+
+
+class DecodeBudget:
+    """A process-wide bound on the memory that decodes in flight may hold: each decode reserves its estimate
+    (:func:`estimate_decode_bytes`) before any pixel is decoded and gives it back when its full-size images are
+    gone. A decode that does not fit waits up to ``wait_s`` for others to finish (then :class:`TransientError`,
+    503: retry); one that alone is larger than the budget is refused (:class:`TooLarge`, 413). ``limit_bytes``
+    0 disables the bound."""
+
+    def __init__(self, limit_bytes: int, wait_s: float = 10.0):
+        self.limit_bytes = int(limit_bytes)
+        self.wait_s = float(wait_s)
+        self._used = 0
+        self._peak = 0
+        self._cond = threading.Condition()
+
+    def configure(self, limit_bytes: int, wait_s: float | None = None) -> None:
+        with self._cond:
+            self.limit_bytes = int(limit_bytes)
+            if wait_s is not None:
+                self.wait_s = float(wait_s)
+            self._cond.notify_all()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @property
+    def peak(self) -> int:
+        """The most bytes reserved at once since the process started (or :meth:`reset_peak`)."""
+        return self._peak
+
+    def reset_peak(self) -> None:
+        with self._cond:
+            self._peak = self._used
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str = "image"):
+        nbytes = max(int(nbytes), 0)
+        limit = self.limit_bytes
+        if limit <= 0:
+            yield
+            return
+        if nbytes > limit:
+            raise TooLarge(f"{what} needs about {nbytes / 2**20:.0f} MiB to decode, more than the decode memory "
+                           f"budget of {limit / 2**20:.0f} MiB (PLACEID_DECODE_BUDGET_MB)")
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self._used + nbytes > self.limit_bytes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransientError(f"busy: the decode memory budget ({self.limit_bytes / 2**20:.0f} MiB) "
+                                         f"stayed full for {self.wait_s:g} s; retry")
+                self._cond.wait(left)
+            self._used += nbytes
+            self._peak = max(self._peak, self._used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= nbytes
+                self._cond.notify_all()
+
+
+#: Allocations from this size up get their own memory map, returned to the system when freed (glibc's default
+#: raises this threshold to 32 MiB after the first large free, and then a decoded image's memory stays in the
+#: process's heaps, one per thread: measured 1.3 GiB after 8 threads of 40 MP decodes that never held more than
+#: 172 MiB at once). PLACEID_MMAP_THRESHOLD_BYTES overrides it; 0 leaves glibc's default.
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_freed_memory(threshold: int | None = None) -> bool:
+    """Make glibc hand freed image buffers back (mallopt M_MMAP_THRESHOLD), so a decode budget bounds the
+    resident size and not only what is in use; True if set. Linux glibc only; elsewhere nothing happens."""
+    threshold = int(_env_float("PLACEID_MMAP_THRESHOLD_BYTES", MMAP_THRESHOLD_BYTES)) if threshold is None else threshold
+    if threshold <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+#: The budget of this process, shared by every decode in it (predict's requests, ingest's events). The edge
+#: package starts unbounded unless PLACEID_DECODE_BUDGET_MB is set (MiB; 0 = unbounded here); placeid's services
+#: set it from their settings (configure_decode_budget, which also calls return_freed_memory).
+DEFAULT_DECODE_WAIT_S = 10.0
+decode_budget = DecodeBudget(int(_env_float("PLACEID_DECODE_BUDGET_MB", 0) * 2**20),
+                             _env_float("PLACEID_DECODE_WAIT_S", DEFAULT_DECODE_WAIT_S))
+if decode_budget.limit_bytes > 0:
+    return_freed_memory()
+
+
+def configure_decode_budget(budget_mb: float, wait_s: float | None = None, *, auto_bytes: int = 0) -> DecodeBudget:
+    """Set the process-wide decode budget: ``budget_mb`` MiB, or when it is 0, ``auto_bytes`` (what the largest
+    image the limits allow needs alone in the caller's pipeline); and how long a decode waits for room. Also
+    makes freed image memory go back to the system (:func:`return_freed_memory`), without which the budget
+    would bound what is in use but not the resident size."""
+    return_freed_memory()
+    decode_budget.configure(int(budget_mb * 2**20) if budget_mb > 0 else int(auto_bytes), wait_s)
+    return decode_budget
 
 
 @dataclass(frozen=True)
@@ -101,12 +242,53 @@ def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> 
     except Exception as exc:  # noqa: BLE001
         raise InvalidImage(f"corrupt or truncated {img.format} data: {exc}") from None
     orientation = _orientation(img)
+    source_mode, image_format = img.mode, img.format
+    # Colour conversion first, then the orientation (they commute, pixel for pixel): the decoded source is
+    # dropped before a rotation copies the RGB result, so at most two full-size images exist at once.
+    rgb = to_rgb(img)
+    if rgb is not img:
+        img.close()
+    del img
+    method = _TRANSPOSE.get(orientation)
+    if method is not None:
+        rgb = rgb.transpose(method)
+    return DecodedImage(rgb, image_format, source_mode, (width, height), orientation, frames)
+
+
+#: What ImageOps.exif_transpose does for each EXIF orientation.
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def decode_estimate(img: Image.Image) -> int:
+    """What :func:`decode_image` of the opened ``img`` needs at its peak (see :func:`estimate_decode_bytes`):
+    the decoded pixels and their RGB conversion, or, when the image may be rotated (a JPEG's header says so; a
+    PNG's or WebP's EXIF can only be read after decoding), two RGB images, whichever is larger."""
+    width, height = img.size
+    decoded = estimate_decode_bytes(width, height, img.mode)
+    if header_orientation(img) in (0, 1):
+        return decoded
+    return max(decoded, estimate_decode_bytes(width, height, "RGB", copies=2))
+
+
+def header_orientation(img: Image.Image) -> int:
+    """The EXIF orientation when it can be read without decoding (JPEG/MPO headers); 0 for images made in
+    memory; -1 (unknown, maybe rotated) for other formats, whose EXIF may follow the pixel data."""
+    if img.format is None:
+        return 0
+    if img.format not in ("JPEG", "MPO"):
+        return -1
+    return _orientation(img)
+
+
+def orient_in_place(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation to an image this module opened (no copy when there is nothing to turn)."""
     try:
-        oriented = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
-        oriented = img
-    rgb = to_rgb(oriented)
-    return DecodedImage(rgb, img.format, img.mode, (width, height), orientation, frames)
+        pass
+    return img
 
 
 def check_header(img: Image.Image, limits: ValidationLimits) -> None:
@@ -147,12 +329,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
+        if "transparency" in img.info:
+            return _alpha_over_white(img)
+        return img.convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _alpha_over_white(img)
     if mode.startswith("I") or mode == "F":
         return _high_bit_depth_to_rgb(img)
     if mode == "CMYK" and img.info.get("icc_profile"):
@@ -164,17 +345,49 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _strips(img: Image.Image):
+    """(top, strip) pairs of at most :data:`STRIP_ROWS` rows: the conversions below hold one strip's temporaries,
+    never a full-size float copy."""
+    width, height = img.size
+    for top in range(0, height, STRIP_ROWS):
+        yield top, img.crop((0, top, width, min(height, top + STRIP_ROWS)))
+
+
+def _alpha_over_white(img: Image.Image) -> Image.Image:
+    """Alpha composited over white, converted to RGB strip by strip (same pixels as doing it whole)."""
+    out = Image.new("RGB", img.size)
+    for top, strip in _strips(img):
+        rgba = strip.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        out.paste(Image.alpha_composite(background, rgba).convert("RGB"), (0, top))
+    return out
+
+
+def high_bit_depth_to_grey(img: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit integer/float) greyscale scaled to 8 bits instead of clipped at 255, in row strips:
+    the same values as scaling the whole float64 array at once, with temporaries of one strip."""
+    low, high = img.getextrema()
+    if img.mode == "F":
+        low, high = float(low), float(high)
+        if math.isnan(low) or math.isnan(high):  # what numpy's min/max give when any value is NaN
+            low = high = math.nan
+    else:
+        full_scale = 65535.0 if high <= 65535 else float(high)
+    grey = Image.new("L", img.size)
+    for top, strip in _strips(img):
+        values = np.asarray(strip, dtype=np.float64)
+        if img.mode == "F":
+            scaled = (values - low) / (high - low or 1.0) * 255.0
+        else:
+            scaled = values / full_scale * 255.0
+        with np.errstate(invalid="ignore"):
+            grey.paste(Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8)), (0, top))
+    return grey
+
+
 def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
     """Scale 16-bit (or 32-bit integer/float) greyscale to 8 bits instead of clipping at 255."""
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode == "F":
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low or 1.0) * 255.0
-    else:
-        full_scale = 65535.0 if values.max() <= 65535 else float(values.max())
-        scaled = values / full_scale * 255.0
-    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-    return grey.convert("RGB")
+    return high_bit_depth_to_grey(img).convert("RGB")
 
 
 def pixel_bytes(rgb: Image.Image) -> bytes:
@@ -183,10 +396,44 @@ def pixel_bytes(rgb: Image.Image) -> bytes:
     return f"RGB:{width}x{height}:".encode() + rgb.tobytes()
 
 
+def pixel_sha256(rgb: Image.Image) -> str:
+    """SHA-256 hex of :func:`pixel_bytes`, fed strip by strip (no full-size byte copy)."""
+    width, height = rgb.size
+    digest = hashlib.sha256(f"RGB:{width}x{height}:".encode())
+    for top in range(0, height, STRIP_ROWS * 2):
+        digest.update(rgb.crop((0, top, width, min(height, top + STRIP_ROWS * 2))).tobytes())
+    return digest.hexdigest()
+
+
+def curated_image(rgb: Image.Image, max_side: int) -> Image.Image:
+    """The curated copy's pixels: what ``copy(); thumbnail((max_side, max_side), LANCZOS)`` gives, without the
+    full-size copy (the same size rounding and resize)."""
+    width, height = rgb.size
+    if max_side >= width and max_side >= height:
+        return rgb.copy()
+    aspect = width / height
+    x = y = max_side
+
+    def round_aspect(number: float, key) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=key), 1)
+
+    if x / y >= aspect:
+        x = round_aspect(y * aspect, key=lambda n: abs(aspect - n / y))
+    else:
+        y = round_aspect(x / aspect, key=lambda n: 0 if n == 0 else abs(aspect - x / n))
+    if (x, y) == rgb.size:
+        return rgb.copy()
+    small = rgb.resize((x, y), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    small.info = rgb.info.copy()  # as thumbnail() on a copy keeps it (a JPEG comment is saved again)
+    return small
+
+
+def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality, optimize=True)
+    return out.getvalue()
+
+
 def encode_curated_jpeg(rgb: Image.Image, max_side: int, quality: int) -> bytes:
     """A normalised copy: RGB JPEG, longest side at most ``max_side``, no EXIF or other metadata."""
-    copy = rgb.copy()
-    copy.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    copy.save(out, format="JPEG", quality=quality, optimize=True)
-    return out.getvalue()
+    return encode_jpeg(curated_image(rgb, max_side), quality)

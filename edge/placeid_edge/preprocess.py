@@ -13,9 +13,30 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from placeid_edge.errors import InvalidImage
-from placeid_edge.imaging import ValidationLimits, check_header, open_image, to_rgb
+from placeid_edge.imaging import (
+    ValidationLimits,
+    check_header,
+    decode_budget,
+    estimate_decode_bytes,
+    header_orientation,
+    STRIP_ROWS,
+    high_bit_depth_to_grey,
+    open_image,
+    orient_in_place,
+    to_rgb,
+)
 
 RESAMPLE = Image.Resampling.BILINEAR
+#: Non-JPEG images above this many pixels (JPEGs are decoded in draft mode instead) are reduced (box average,
+#: Image.reduce, in row strips) right after decoding, to no less than REDUCE_KEEP x the model size on the shorter
+#: side, before orientation and colour conversion, so those steps copy a small image; smaller images are
+#: processed exactly as before.
+REDUCE_ABOVE_PIXELS = 4_000_000
+REDUCE_KEEP = 4
+#: Modes Image.reduce takes.
+#: Allowance for the strips of a strip-wise reduction.
+STRIP_BYTES = 4 * 2**20
+_REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "I", "F")
 #: Stored in every model manifest; a consumer checks it matches before it feeds the model.
 PREPROCESSING = {
     "name": "placeid-v1",
@@ -31,18 +52,112 @@ ImageSource = str | Path | bytes | Image.Image
 def prepare_image(source: ImageSource, size: int, limits: ValidationLimits = ValidationLimits()) -> np.ndarray:
     """Decode ``source`` into the model input: a ``(size, size, 3)`` uint8 RGB array.
 
+    Decoding reserves its estimated memory from the process's decode budget (imaging.decode_budget) first. A
+    non-JPEG image above REDUCE_ABOVE_PIXELS passed opened but not loaded is closed afterwards (its pixels
+    released; its header and ``getexif()`` stay readable).
+
     Anything read from a file (paths, bytes, images Pillow opened) must be an accepted format within ``limits``,
     checked from the header before any pixel is decoded: :class:`UnsupportedMediaType` or
     :class:`InvalidImage` otherwise. Images made in memory (no format) are taken as they are."""
+    opened = not isinstance(source, Image.Image)
     image = open_image(source)
-    if image.format is not None:
-        check_header(image, limits)
+    if image.format is None:  # made in memory: already decoded, nothing to reserve
+        return _prepare(image, size, opened)
+    check_header(image, limits)
     try:
         if image.format == "JPEG":
             image.draft("RGB", (size, size))
-        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"cannot decode image: {exc}") from None
+    with decode_budget.reserve(prepare_estimate(image, size), "image"):
+        return _prepare(image, size, opened)
+
+
+def prepare_estimate(image: Image.Image, size: int) -> int:
+    """Peak bytes :func:`prepare_image` holds for an opened image (after ``draft``): for a reduced image the
+    decoded pixels (plus their 8-bit grey for 16-bit ones), the reduced image and the strips; else the decoded
+    pixels, a rotation's copy and the RGB conversion."""
+    width, height = image.size  # after draft: the reduced JPEG size
+    factor = _reduce_factor(image, size)
+    if factor > 1:
+        decoded = estimate_decode_bytes(width, height, image.mode, converted=False, strips=False)
+        grey = width * height if image.mode.startswith("I;16") else 0
+        return decoded + grey + 4 * -(-width // factor) * -(-height // factor) + STRIP_BYTES
+    rotated = header_orientation(image) not in (0, 1)
+    return estimate_decode_bytes(width, height, image.mode, copies=2 if rotated else 1)
+
+
+#: Predict's decode budget unless PLACEID_DECODE_BUDGET_MB says otherwise: with the worker's own ~120 MiB and
+#: 8 request bodies it keeps a worker near 300 MiB (bench/hostile_bench.py). It admits every JPEG the pixel limit
+#: allows (draft mode decodes at 1/8 scale), 16-bit and palette PNGs up to 40 MP, and PNG/WebP/HEIF images held
+#: in 4 bytes per pixel up to about 32 MP; larger ones are refused (413) from their header.
+DEFAULT_BUDGET_BYTES = 128 * 2**20
+
+
+def budget_bytes(max_pixels: int) -> int:
+    """Predict's automatic decode budget: :data:`DEFAULT_BUDGET_BYTES`, or less when ``max_pixels`` is small
+    enough that the largest allowed image (a 4-byte mode reduced in strips, see :func:`prepare_estimate`, or an
+    image just under REDUCE_ABOVE_PIXELS decoded, rotated and converted in full) needs less."""
+    reduced = max_pixels * 4 + max_pixels + STRIP_BYTES
+    full = min(max_pixels, REDUCE_ABOVE_PIXELS) * 12 + 4 * 2**20
+    return min(DEFAULT_BUDGET_BYTES, max(reduced, full))
+
+
+def _reduce_factor(image: Image.Image, size: int) -> int:
+    width, height = image.size
+    if image.format in (None, "JPEG") or width * height <= REDUCE_ABOVE_PIXELS:
+        return 1
+    return max(1, min(width, height) // (REDUCE_KEEP * size))
+
+
+def _prepare(image: Image.Image, size: int, opened: bool) -> np.ndarray:
+    try:
+        factor = _reduce_factor(image, size)
+        if factor > 1:
+            source = image
+            image = _keep_orientation(_reduce_in_strips(source, factor), source)
+            # Its full-size pixels go now, inside the reservation, even when the caller still holds the image
+            # (Bundle reads its GPS afterwards): the EXIF is parsed first, and stays readable (getexif).
+            source.close()
+            del source
+            opened = True
+        image = orient_in_place(image) if opened else ImageOps.exif_transpose(image)
         rgb = to_rgb(image)
         square = ImageOps.fit(rgb, (size, size), method=RESAMPLE)
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"cannot decode image: {exc}") from None
     return np.asarray(square, dtype=np.uint8)
+
+
+def _reduce_in_strips(image: Image.Image, factor: int) -> Image.Image:
+    """``image.reduce(factor)`` (box average), converting modes Image.reduce cannot take first (16-bit to 8-bit
+    grey, the rest to RGB or RGBA), strip by strip: strips whose height is a multiple of ``factor`` give the
+    same pixels as reducing the whole, and no full-size converted copy is made."""
+    image.load()
+    if image.mode.startswith("I;16"):
+        image = high_bit_depth_to_grey(image)  # scaled by the whole image's range; 1 byte per pixel
+    width, height = image.size
+    rows = factor * max(1, STRIP_ROWS // factor)
+    out = None
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        if strip.mode not in _REDUCIBLE:
+            strip = strip.convert("RGBA" if strip.mode in ("PA", "P") and _has_alpha(strip) else "RGB")
+        small = strip.reduce(factor)
+        if out is None:
+            out = Image.new(small.mode, (-(-width // factor), -(-height // factor)))
+        out.paste(small, (0, top // factor))
+    return out
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode == "PA" or "transparency" in image.info
+
+
+def _keep_orientation(reduced: Image.Image, source: Image.Image) -> Image.Image:
+    """``reduced`` carrying ``source``'s EXIF (its orientation), which Image.reduce drops; parsing it here also
+    keeps ``source.getexif()`` answering once its pixels are released."""
+    exif = source.getexif()
+    if exif.get(0x0112, 1) not in (0, 1):
+        reduced.info["exif"] = exif.tobytes()
+    return reduced

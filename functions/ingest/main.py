@@ -1,7 +1,8 @@
 """Cloud Function (2nd gen, Eventarc: google.cloud.storage.object.v1.finalized) for bucket-drop ingestion.
 
 A thin adapter: parse the CloudEvent, call the core library. Bad input is recorded and the function
-returns (no retry); transient faults raise, so the platform redelivers the event."""
+returns (no retry); transient faults raise, so the platform redelivers the event, until the event (its
+``time``) is older than the ingestor's ``max_event_age_s``: then the photo is recorded as ``error``."""
 
 from __future__ import annotations
 
@@ -23,4 +24,4 @@ def _get_ingestor() -> Ingestor:
 @functions_framework.cloud_event
 def ingest(cloud_event: CloudEvent) -> None:
     """Ingest one finalized object."""
-    _get_ingestor().handle_event(cloud_event["type"], cloud_event.get_data() or {})
+    _get_ingestor().handle_event(cloud_event["type"], cloud_event.get_data() or {}, cloud_event.get("time"))
