@@ -26,12 +26,14 @@ unreadable or invalid --config file) and a timeout.
 from __future__ import annotations
 
 import itertools
+import functools
 import os
 import re
 import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -343,13 +345,26 @@ COMMANDS = discover()
 # -------------------------------------------------------------------------------------------------- gcloud
 
 
+@functools.lru_cache(maxsize=1)
+def workspace() -> Path:
+    """Where the commands run: the repository's top-level entries (linked) with a `../shared` beside them, as
+    the docs assume, whatever folder this checkout sits in."""
+    root = Path(tempfile.mkdtemp(prefix="placeid-gcloud-"))
+    (root / "shared" / "data").mkdir(parents=True)
+    (root / "shared" / "weights").mkdir()
+    (root / "repo").mkdir()
+    for entry in REPO_ROOT.iterdir():
+        (root / "repo" / entry.name).symlink_to(entry)
+    return root / "repo"
+
+
 def run_gcloud(argv: tuple[str, ...], config_dir: Path) -> Outcome:
-    """Run ``argv`` (starting with "gcloud") offline, without credentials, in the repository root."""
+    """Run ``argv`` (starting with "gcloud") offline, without credentials, in a copy of the repository root."""
     (config_dir / "gce").write_text("False")  # "not on GCE" cached: `auth login` would look up the metadata server
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(DROPPED_ENV) or key.startswith("CLOUDSDK_PYTHON")}
     env.update(GCLOUD_ENV, CLOUDSDK_CONFIG=str(config_dir))
-    with subprocess.Popen([str(GCLOUD), *argv[1:]], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+    with subprocess.Popen([str(GCLOUD), *argv[1:]], cwd=workspace(), env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as process:
         try:

@@ -208,6 +208,15 @@ def sniff_format(data: bytes) -> str | None:
         return None
 
 
+#: Magic numbers of the accepted formats: content that starts with one but does not open is corrupt (422).
+_SIGNATURES = (
+    ("PNG", lambda head: head.startswith(b"\x89PNG\r\n\x1a\n")),
+    ("JPEG", lambda head: head.startswith(b"\xff\xd8\xff")),
+    ("WEBP", lambda head: head[:4] == b"RIFF" and head[8:12] == b"WEBP"),
+    ("HEIF", lambda head: head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc")),
+)
+
+
 def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
     """Open a path, bytes or PIL image, reading the header only (pixels are decoded later).
 
@@ -218,6 +227,10 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
     try:
         return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source))
     except UnidentifiedImageError:
+        head = bytes(source[:16]) if isinstance(source, (bytes, bytearray)) else b""
+        claimed = next((name for name, signature in _SIGNATURES if signature(head)), None)
+        if claimed:  # it says it is an accepted format, but its header is broken: corrupt, not foreign
+            raise InvalidImage(f"corrupt {claimed} header: Pillow cannot read it") from None
         raise UnsupportedMediaType("not an image: the content matches no known image format") from None
     except Image.DecompressionBombError as exc:
         raise InvalidImage(f"decompression bomb: {exc}") from None
