@@ -33,9 +33,9 @@ RESAMPLE = Image.Resampling.BILINEAR
 #: processed exactly as before.
 REDUCE_ABOVE_PIXELS = 4_000_000
 REDUCE_KEEP = 4
-#: Modes Image.reduce takes.
 #: Allowance for the strips of a strip-wise reduction.
 STRIP_BYTES = 4 * 2**20
+#: Modes Image.reduce takes.
 _REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "I", "F")
 #: Stored in every model manifest; a consumer checks it matches before it feeds the model.
 PREPROCESSING = {
