@@ -13,10 +13,12 @@ CHECKOV_VERSION := 3.3.30
 
 .PHONY: setup browser demo test package stack-up stack-down stack-status bench clean
 
-$(STAMP): pyproject.toml edge/pyproject.toml
+# The training image's pins (training/requirements.txt) constrain the venv too: the suite runs what the image runs,
+# and a new upstream release cannot change it between runs.
+$(STAMP): pyproject.toml edge/pyproject.toml training/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ./edge -e '.[dev,train]'
+	$(PY) -m pip install --quiet -c training/requirements.txt -e ./edge -e '.[dev,train]'
 	touch $(STAMP)
 
 $(TFLITE_STAMP): edge/pyproject.toml

@@ -103,7 +103,8 @@ def requirements_text(pins: dict[str, str]) -> str:
         "# .venv, which the test suite runs. Generated; do not edit. After changing the dependencies in pyproject.toml",
         "# or edge/pyproject.toml, run `make setup`, then regenerate it:",
         f"#   {REGENERATE}",
-        "# tests/test_trainer_image.py fails while this file and the closure in .venv differ.",
+        "# tests/test_trainer_image.py fails while this file and the closure in .venv differ. `make setup` installs",
+        "# .venv under these pins (pip -c), so a new upstream release changes nothing until this file is regenerated.",
     ]
     return "\n".join(header + [f"{name}=={version}" for name, version in pins.items()]) + "\n"
 
