@@ -45,7 +45,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import peak_rss_mib, percentile, save  # noqa: E402
-from bench.serving_bench import make_photos, newest_run, start_emulators  # noqa: E402
+from bench.serving_bench import make_photos, newest_run, start_and_time, start_emulators, stop  # noqa: E402
 from placeid.catalog import bundled_catalog_path, load_catalog, read_catalog  # noqa: E402
 from placeid.config import REPO_ROOT, Settings  # noqa: E402
 from placeid.registry import Registry  # noqa: E402
@@ -116,27 +116,6 @@ def post(session: requests.Session, url: str, data: bytes) -> requests.Response:
     return session.post(url, data=data, headers={"Content-Type": "application/octet-stream"}, timeout=120)
 
 
-def start(argv: list[str], env: dict, url: str, photo: bytes, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as handle:
-        process = subprocess.Popen(argv, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                   cwd=str(REPO_ROOT))
-    session = requests.Session()
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{argv[:4]} exited while starting; see {log}")
-        try:
-            if post(session, url, photo).status_code == 200:
-                return process
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.02)
-
-
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, 15)
-    process.wait(timeout=20)
-
-
 def traffic(url: str, images: dict[str, bytes], seconds: float) -> dict:
     """``CLIENTS`` threads posting ``images`` round robin for ``seconds``; statuses per image."""
     statuses: dict[str, Counter] = {name: Counter() for name in images}
@@ -185,7 +164,7 @@ def bench_predict(settings: Settings, env: dict, run_dir: Path, photos: dict[str
     expected = Bundle.load(run_dir).predict(photos["12mp"]).to_json()
     result = {}
 
-    process = start(argv, env, url, photos["320px"], logs / "predict.log")
+    process, _ = start_and_time(argv, env, url, photos["320px"], logs / "predict.log")
     try:
         statuses = traffic(url, {k: photos[k] for k in ("12mp", "12mp_camera", "320px")}, args.seconds)
         result["normal"] = {"statuses": statuses, "peak_rss_mib": peak_rss_mib(process.pid)}
@@ -193,7 +172,7 @@ def bench_predict(settings: Settings, env: dict, run_dir: Path, photos: dict[str
         stop(process)
     console.print(f"predict normal: peak {result['normal']['peak_rss_mib']} MiB")
 
-    process = start(argv, env, url, photos["320px"], logs / "predict.log")
+    process, _ = start_and_time(argv, env, url, photos["320px"], logs / "predict.log")
     try:
         statuses = traffic(url, hostile, args.seconds)
         peak = peak_rss_mib(process.pid)
@@ -210,7 +189,7 @@ def bench_predict(settings: Settings, env: dict, run_dir: Path, photos: dict[str
     console.print(f"predict hostile: peak {result['hostile']['peak_rss_mib']} MiB, after: {result['hostile']['after']}")
 
     for label, prefix in (("2cpu", []), ("1cpu", ["taskset", "-c", "0"])):
-        process = start(prefix + argv, env, url, photos["320px"], logs / "predict.log")
+        process, _ = start_and_time(prefix + argv, env, url, photos["320px"], logs / "predict.log")
         try:
             result[f"latency_12mp_{label}"] = latency(url, photos["12mp"], args.requests)
             result[f"latency_12mp_camera_{label}"] = latency(url, photos["12mp_camera"], args.requests)
