@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 
 import imagehash
+import numpy as np
 from PIL import Image
 
 IMAGEHASH_VERSION = version("ImageHash")
@@ -42,6 +44,37 @@ def hamming_distance(first_hex: str, second_hex: str) -> int:
     return (int(first_hex, 16) ^ int(second_hex, 16)).bit_count()
 
 
+#: whash scales (power of two <= the shorter side) from which whash is computed in integers (below).
+WHASH_INTEGER_FROM_SCALE = 2048
+#: Bytes imagehash's own whash holds per pixel of its scale (float64 arrays; measured 161 MiB at 2048).
+WHASH_FLOAT_BYTES = 40
+
+
+def whash_value(grey: Image.Image, hash_size: int = 8) -> imagehash.ImageHash:
+    """imagehash.whash (Haar, max-level LL removed), from its scale WHASH_INTEGER_FROM_SCALE on without its
+    float64 arrays. Its bits are each Haar LL coefficient at level log2(S / hash_size) against their median,
+    after the image mean is removed; an LL coefficient is its block's pixel sum / 2^k, so neither the mean nor
+    the scale changes the order, and the bits are the block sums of the same LANCZOS-resized greyscale image
+    against their median, in exact integers. When the two middle sums differ, every comparison is at least one
+    grey level from the median and imagehash's float result is the same; when they tie (flat areas) imagehash's
+    bits come from float rounding: its own computation is used up to scale 2048 (161 MiB), above that the
+    integer answer (no bit above a tied median)."""
+    scale = max(2 ** int(math.log2(min(grey.size))), hash_size)
+    if scale < WHASH_INTEGER_FROM_SCALE:
+        return imagehash.whash(grey, hash_size=hash_size)
+    small = grey.convert("L").resize((scale, scale), Image.Resampling.LANCZOS)
+    block = scale // hash_size
+    sums = np.asarray(small).reshape(hash_size, block, hash_size, block).sum(axis=(1, 3), dtype=np.int64)
+    middle = np.sort(sums, axis=None)[sums.size // 2 - 1: sums.size // 2 + 1]
+    if middle[0] == middle[1] and scale <= WHASH_INTEGER_FROM_SCALE:
+        return imagehash.whash(small, hash_size=hash_size)  # same input: its resize to its own size is a copy
+    return imagehash.ImageHash(sums > np.median(sums))
+
+
+def _grey(image: Image.Image) -> Image.Image:
+    return image if image.mode == "L" else image.convert("L")
+
+
 class PerceptualHasher(ABC):
     """Template for perceptual hashes of a square ``hash_size`` grid (``hash_size**2`` bits)."""
 
@@ -72,7 +105,10 @@ class PHash(PerceptualHasher):
     algorithm = "phash"
 
     def _compute(self, image):
-        return imagehash.phash(image, hash_size=self.hash_size)
+        # imagehash's own first step (greyscale, LANCZOS to its 4n x 4n grid) done here without copying a full-size
+        # greyscale image; its resize of the grid to the same size is then a copy: the same value.
+        grid = _grey(image).resize((4 * self.hash_size, 4 * self.hash_size), Image.Resampling.LANCZOS)
+        return imagehash.phash(grid, hash_size=self.hash_size)
 
 
 class DHash(PerceptualHasher):
@@ -81,7 +117,9 @@ class DHash(PerceptualHasher):
     algorithm = "dhash"
 
     def _compute(self, image):
-        return imagehash.dhash(image, hash_size=self.hash_size)
+        # as PHash: imagehash's first step, to its (n + 1) x n grid, without a full-size greyscale copy
+        grid = _grey(image).resize((self.hash_size + 1, self.hash_size), Image.Resampling.LANCZOS)
+        return imagehash.dhash(grid, hash_size=self.hash_size)
 
 
 class WHash(PerceptualHasher):
@@ -95,12 +133,14 @@ class WHash(PerceptualHasher):
             raise ValueError(f"whash: hash_size must be a power of two, got {hash_size}")
 
     def _compute(self, image):
-        return imagehash.whash(image, hash_size=self.hash_size)
+        return whash_value(_grey(image), hash_size=self.hash_size)
 
 
 PERCEPTUAL_HASHERS: tuple[PerceptualHasher, ...] = (PHash(), DHash(), WHash())
 
 
 def perceptual_hashes(image: Image.Image) -> dict[str, HashValue]:
-    """All perceptual hashes placeid records, keyed by algorithm."""
-    return {hasher.algorithm: hasher.hash_image(image) for hasher in PERCEPTUAL_HASHERS}
+    """All perceptual hashes placeid records, keyed by algorithm (each starts from the greyscale image, made
+    once here; pass a greyscale image to skip even that)."""
+    grey = _grey(image)
+    return {hasher.algorithm: hasher.hash_image(grey) for hasher in PERCEPTUAL_HASHERS}

@@ -12,10 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-
-import imagehash
-import numpy as np
-from PIL import Image
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -30,7 +26,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY as STORAGE_RETRY
 from placeid.catalog import PLACE_ID
 from placeid.config import Settings
 from placeid_edge.errors import InvalidImage, TooLarge, TransientError, UnsupportedMediaType
-from placeid.hashing import IMAGEHASH_VERSION, PERCEPTUAL_HASHERS, DHash, HashValue, PHash, WHash, sha256_hash
+from placeid.hashing import WHASH_FLOAT_BYTES, WHASH_INTEGER_FROM_SCALE, HashValue, perceptual_hashes, sha256_hash
 from placeid_edge.imaging import (
     ValidationLimits,
     check_header,
@@ -67,8 +63,6 @@ REJECTED = "rejected"
 QUARANTINED = "quarantined"
 ERROR = "error"  # an unexpected fault, or transient faults that outlasted max_event_age_s: see ``reason``
 STATUSES = (ACCEPTED, DUPLICATE, NEAR_DUPLICATE, REJECTED, QUARANTINED, ERROR)
-
-#: How long (seconds since the event) transient faults are retried before the photo is recorded as ``error``.
 
 logger = get_logger("ingest")
 
@@ -166,53 +160,6 @@ def event_age_s(event_time: str | datetime | None, now: datetime | None = None) 
     if event_time.tzinfo is None:
         event_time = event_time.replace(tzinfo=timezone.utc)
     return ((now or datetime.now(timezone.utc)) - event_time).total_seconds()
-
-
-#: whash scales (power of two <= the shorter side) from which whash is computed in integers (below).
-WHASH_INTEGER_FROM_SCALE = 2048
-#: Bytes imagehash's own whash holds per pixel of its scale (float64 arrays; measured 161 MiB at 2048).
-WHASH_FLOAT_BYTES = 40
-
-
-def whash_value(grey: Image.Image, hash_size: int = 8) -> imagehash.ImageHash:
-    """imagehash.whash (Haar, max-level LL removed), from its scale WHASH_INTEGER_FROM_SCALE on without its
-    float64 arrays. Its bits are each Haar LL coefficient at level log2(S / hash_size) against their median,
-    after the image mean is removed; an LL coefficient is its block's pixel sum / 2^k, so neither the mean nor
-    the scale changes the order, and the bits are the block sums of the same LANCZOS-resized greyscale image
-    against their median, in exact integers. When the two middle sums differ, every comparison is at least one
-    grey level from the median and imagehash's float result is the same; when they tie (flat areas) imagehash's
-    bits come from float rounding: its own computation is used up to scale 2048 (161 MiB), above that the
-    integer answer (no bit above a tied median)."""
-    scale = max(2 ** int(math.log2(min(grey.size))), hash_size)
-    if scale < WHASH_INTEGER_FROM_SCALE:
-        return imagehash.whash(grey, hash_size=hash_size)
-    small = grey.convert("L").resize((scale, scale), Image.Resampling.LANCZOS)
-    block = scale // hash_size
-    sums = np.asarray(small).reshape(hash_size, block, hash_size, block).sum(axis=(1, 3), dtype=np.int64)
-    middle = np.sort(sums, axis=None)[sums.size // 2 - 1: sums.size // 2 + 1]
-    if middle[0] == middle[1] and scale <= WHASH_INTEGER_FROM_SCALE:
-        return imagehash.whash(small, hash_size=hash_size)  # same input: its resize to its own size is a copy
-    return imagehash.ImageHash(sums > np.median(sums))
-
-
-def perceptual_hashes_of_grey(grey: Image.Image) -> dict[str, HashValue]:
-    """placeid.hashing.perceptual_hashes of an image given as its greyscale conversion (each hash converts to
-    greyscale first, so the values are the same), whash through :func:`whash_value`."""
-    hashes = {}
-    for hasher in PERCEPTUAL_HASHERS:
-        if isinstance(hasher, WHash):
-            hashes[hasher.algorithm] = HashValue(hasher.algorithm, hasher.hash_size**2,
-                                                 str(whash_value(grey, hasher.hash_size)),
-                                                 f"imagehash {IMAGEHASH_VERSION}")
-        elif isinstance(hasher, (PHash, DHash)):
-            # imagehash's first step, done here on the greyscale image it would copy: LANCZOS to its grid (32x32
-            # for phash, (n+1)xn for dhash); its own resize of that grid to the same size is then a copy.
-            n = hasher.hash_size
-            grid = (4 * n, 4 * n) if isinstance(hasher, PHash) else (n + 1, n)
-            hashes[hasher.algorithm] = hasher.hash_image(grey.resize(grid, Image.Resampling.LANCZOS))
-        else:
-            hashes[hasher.algorithm] = hasher.hash_image(grey)
-    return hashes
 
 
 def ingest_estimate(data: bytes, limits: ValidationLimits) -> int:
@@ -381,7 +328,7 @@ class Ingestor:
             grey = rgb.convert("L")  # what every perceptual hash starts from; the full RGB can go
             rgb.close()
             del rgb
-            record["hashes"].update({k: v.to_dict() for k, v in perceptual_hashes_of_grey(grey).items()})
+            record["hashes"].update({k: v.to_dict() for k, v in perceptual_hashes(grey).items()})
             return curated
 
     # -- steps --------------------------------------------------------------------------------
@@ -548,11 +495,10 @@ class Ingestor:
             raise InvalidImage(f"source {source['uri']}#{source['generation']} no longer exists")
         return decode_image(blob.download_as_bytes(**self.storage_options), self.limits)
 
-    def write_curated_copy(self, image_ref, record: dict, decoded) -> dict:
-        """Create-only upload of the normalised copy (a redelivery finds it there), then mark it written.
-        ``decoded``: a :class:`DecodedImage` or the RGB image itself (ingest passes the curated-size one)."""
+    def write_curated_copy(self, image_ref, record: dict, rgb) -> dict:
+        """Create-only upload of the normalised copy of the RGB image ``rgb`` (a redelivery finds it there), then
+        mark it written."""
         path = record["curated"]["path"]
-        rgb = getattr(decoded, "rgb", decoded)
         jpeg = encode_curated_jpeg(rgb, self.settings.curated_max_side, self.settings.curated_jpeg_quality)
         bucket = self.settings.curated_bucket or record["source"]["bucket"]
         blob = self.gcs.bucket(bucket).blob(path)

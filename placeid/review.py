@@ -77,7 +77,7 @@ class Reviewer:
             })
 
         commit(self.db.transaction())
-        return self.ingestor.write_curated_copy(ref, self.get(image_id), decoded)
+        return self.ingestor.write_curated_copy(ref, self.get(image_id), decoded.rgb)
 
     def reject(self, image_id: str, reason: str) -> dict:
         """Reject an image; an accepted one loses its claims, index entry and curated copy."""

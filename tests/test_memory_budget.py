@@ -162,7 +162,7 @@ def test_strip_alpha_hash_and_curated_copy_match_the_whole_image_versions(data_d
 
 
 def test_integer_whash_matches_imagehash_on_real_photos(data_dir):
-    from placeid.ingest import whash_value
+    from placeid.hashing import whash_value
 
     for index in range(3):
         grey = Image.open(_world30_photo(data_dir, index)).convert("L").resize((2100, 2100))
