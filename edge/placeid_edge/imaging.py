@@ -403,18 +403,21 @@ def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
     return high_bit_depth_to_grey(img).convert("RGB")
 
 
+def _pixel_header(rgb: Image.Image) -> bytes:
+    width, height = rgb.size
+    return f"RGB:{width}x{height}:".encode()
+
+
 def pixel_bytes(rgb: Image.Image) -> bytes:
     """Canonical byte form of decoded pixels (size header + raw RGB), for content hashing."""
-    width, height = rgb.size
-    return f"RGB:{width}x{height}:".encode() + rgb.tobytes()
+    return _pixel_header(rgb) + rgb.tobytes()
 
 
 def pixel_sha256(rgb: Image.Image) -> str:
     """SHA-256 hex of :func:`pixel_bytes`, fed strip by strip (no full-size byte copy)."""
-    width, height = rgb.size
-    digest = hashlib.sha256(f"RGB:{width}x{height}:".encode())
-    for top in range(0, height, STRIP_ROWS * 2):
-        digest.update(rgb.crop((0, top, width, min(height, top + STRIP_ROWS * 2))).tobytes())
+    digest = hashlib.sha256(_pixel_header(rgb))
+    for _, strip in _strips(rgb):
+        digest.update(strip.tobytes())
     return digest.hexdigest()
 
 
