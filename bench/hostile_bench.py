@@ -15,8 +15,9 @@ measures, each in a fresh predict process (functions-framework, as the local sta
 * ``predict.latency_12mp_{2cpu,1cpu}``: the serving benchmark's sequential 12 MP p50/p99, the server on every
   CPU, then pinned to one (``taskset -c 0``, its whole process tree);
 * ``ingest``: one process running the ingest function's handler with ``concurrency`` (4, infra's
-  ``ingest.concurrency``) events in flight, over 40 MP photos at the object limit (JPEG up to 20 MB, and 40 MP
-  PNGs): peak RSS (ru_maxrss) and outcomes; the same for 12 MP photos.
+  ``ingest.concurrency``) events in flight, over the largest photos its limits allow (:func:`ingest_images`:
+  40 MP JPEGs up to the 20 MB object limit, the largest PNGs its decode budget admits, a 40 MP RGBA PNG it
+  must refuse): peak RSS (VmHWM) and outcomes; the same for 12 MP photos.
 
 Prints a table and saves bench/results/hostile.json.
 """
@@ -108,6 +109,24 @@ def hostile_images(settings: Settings, photo_40mp: Image.Image, request_limit: i
     }
     for name, data in images.items():
         assert len(data) <= request_limit, (name, len(data))
+    return images
+
+
+def ingest_images(settings: Settings, photo_40mp: Image.Image) -> dict[str, bytes]:
+    """The largest photos ingest's limits allow, each within the object limit: JPEGs of 40 MP (decoded at a
+    working size), the largest PNGs its decode budget admits in 4 bytes per pixel (23.5 MP) and at 16 bits
+    (29.8 MP), and a 40 MP RGBA PNG, which it must refuse from its header."""
+    grainy = _photo_40mp(settings, -2, noise=6)
+    nearest = Image.Resampling.NEAREST  # upscaled pixel blocks: real photo content that PNG compresses well
+    images = {"photo_40mp.jpg": _jpeg_at_most(photo_40mp, settings.max_object_bytes),
+              "grain_40mp.jpg": _jpeg_at_most(grainy, settings.max_object_bytes),
+              "rgb_23mp.png": _png(photo_40mp.resize((1400, 1050)).resize((5600, 4200), nearest), compress_level=9),
+              "grey16_30mp.png": _png(Image.fromarray(np.asarray(
+                  photo_40mp.convert("L").resize((1575, 1181)).resize((6300, 4725), nearest), dtype=np.uint16) * 257),
+                  compress_level=9),
+              "flat_rgba_40mp.png": _png(Image.new("RGBA", photo_40mp.size, (200, 30, 30, 128)))}
+    for name, data in images.items():
+        assert len(data) <= settings.max_object_bytes, (name, len(data))
     return images
 
 
@@ -205,7 +224,7 @@ import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from placeid.ingest import FINALIZED_EVENT_TYPE, Ingestor
-from placeid_edge.imaging import decode_budget
+from placeid_edge.imaging import body_budget, decode_budget
 events, concurrency = json.loads(sys.argv[1]), int(sys.argv[2])
 def hwm():  # VmHWM: this process image's peak (ru_maxrss would carry the parent's across fork and exec)
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
@@ -224,6 +243,8 @@ print(json.dumps({"base_rss_mib": round(base, 1),
                   "peak_rss_mib": round(hwm(), 1),
                   "budget_mib": round(decode_budget.limit_bytes / 2**20, 1),
                   "budget_peak_reserved_mib": round(decode_budget.peak / 2**20, 1),
+                  "body_budget_mib": round(body_budget.limit_bytes / 2**20, 1),
+                  "body_budget_peak_reserved_mib": round(body_budget.peak / 2**20, 1),
                   "seconds": round(time.perf_counter() - began, 1),
                   "outcomes": [[r["file_name"], r["status"], r["reason"]] for r in records]}))
 """
@@ -291,16 +312,8 @@ def main() -> int:
             results["predict"] = bench_predict(settings, env, run_dir, photos, hostile, args, work)
         if args.only in (None, "ingest"):
             concurrency = ingest_concurrency()
-            grainy = _photo_40mp(settings, -2, noise=6)
-            large = {"photo_40mp.jpg": _jpeg_at_most(photo_40mp, settings.max_object_bytes),
-                     "grain_40mp.jpg": _jpeg_at_most(grainy, settings.max_object_bytes),
-                     "flat_rgba_40mp.png": _png(Image.new("RGBA", photo_40mp.size, (200, 30, 30, 128))),
-                     "grey16_40mp.png": _png(Image.fromarray(
-                         (np.asarray(photo_40mp.convert("L"), dtype=np.uint16) * 257)), compress_level=9)}
-            large = {k: v for k, v in large.items() if len(v) <= settings.max_object_bytes}
-            del grainy
             results["ingest"] = {
-                "large_40mp": bench_ingest(settings, env, large, args.events, concurrency),
+                "large": bench_ingest(settings, env, ingest_images(settings, photo_40mp), args.events, concurrency),
                 "photos_12mp": bench_ingest(settings, env, {"12mp.jpg": photos["12mp"],
                                                             "12mp_camera.jpg": photos["12mp_camera"]},
                                             args.events, concurrency)}

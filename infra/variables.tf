@@ -50,7 +50,7 @@ variable "ingest" {
     concurrency     = number
   })
   default = {
-    memory          = "768Mi"
+    memory          = "512Mi"
     cpu             = "1"
     timeout_seconds = 120
     min_instances   = 0

@@ -59,6 +59,7 @@ ENV_VARS = {
     "collect_allow_private": "PLACEID_COLLECT_ALLOW_PRIVATE",
     "max_event_age_s": "PLACEID_MAX_EVENT_AGE_S",
     "decode_budget_mb": "PLACEID_DECODE_BUDGET_MB",
+    "body_budget_mb": "PLACEID_BODY_BUDGET_MB",
     "decode_wait_s": "PLACEID_DECODE_WAIT_S",
     "ingest_decode_wait_s": "PLACEID_INGEST_DECODE_WAIT_S",
 }
@@ -114,9 +115,14 @@ class Settings:
     # Memory (MiB) that image decodes in flight may hold at once, per process (predict and ingest; estimated from
     # each header before decoding): a decode that does not fit waits up to decode_wait_s (predict; then 503) or
     # ingest_decode_wait_s (ingest; then the event is retried), one larger than the whole budget is refused (413 /
-    # rejected). 0 = auto: predict 128 MiB (placeid_edge.preprocess.DEFAULT_BUDGET_BYTES), ingest what the largest
-    # image max_pixels allows needs alone (321 MiB at 40 MP). infra/README.md, Sizing.
+    # rejected). 0 = auto: predict 128 MiB (placeid_edge.preprocess.DEFAULT_BUDGET_BYTES), ingest 112 MiB
+    # (placeid.ingest.DEFAULT_BUDGET_BYTES). infra/README.md, Sizing.
     decode_budget_mb: float = 0.0
+    # Memory (MiB) that encoded bytes in flight may hold, per process, reserved before they are read: request
+    # bodies in predict (twice the declared length: a multipart file is spooled, then read; a JSON body is parsed),
+    # downloaded photos in ingest. Same waits as decodes. 0 = auto: predict 2 x max_request_bytes, ingest
+    # 2 x max_object_bytes.
+    body_budget_mb: float = 0.0
     decode_wait_s: float = 10.0
     ingest_decode_wait_s: float = 60.0
 
@@ -150,9 +156,9 @@ class Settings:
             raise ValueError("PLACEID_NEAR_DUP_DISTANCE must be within 0..29")
         if self.max_object_bytes <= 0 or self.max_pixels <= 0:
             raise ValueError("PLACEID_MAX_OBJECT_BYTES and PLACEID_MAX_PIXELS must be positive")
-        if self.decode_budget_mb < 0 or self.decode_wait_s < 0 or self.ingest_decode_wait_s < 0:
-            raise ValueError("PLACEID_DECODE_BUDGET_MB, PLACEID_DECODE_WAIT_S and PLACEID_INGEST_DECODE_WAIT_S "
-                             "must be >= 0")
+        if min(self.decode_budget_mb, self.body_budget_mb, self.decode_wait_s, self.ingest_decode_wait_s) < 0:
+            raise ValueError("PLACEID_DECODE_BUDGET_MB, PLACEID_BODY_BUDGET_MB, PLACEID_DECODE_WAIT_S and "
+                             "PLACEID_INGEST_DECODE_WAIT_S must be >= 0")
         if self.max_event_age_s <= 0:
             raise ValueError("PLACEID_MAX_EVENT_AGE_S must be positive")
         if self.curated_max_side < 64:

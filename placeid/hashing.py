@@ -10,6 +10,8 @@ from importlib.metadata import version
 
 import imagehash
 import numpy as np
+import pywt  # noqa: F401 - imagehash imports these on first use; imported here, at start, so that the
+import scipy.fftpack  # noqa: F401 - first photo's memory is its own (what the decode budget reserves for it)
 from PIL import Image
 
 IMAGEHASH_VERSION = version("ImageHash")

@@ -22,14 +22,17 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.storage.retry import DEFAULT_RETRY as STORAGE_RETRY
+from PIL import Image
 
 from placeid.catalog import PLACE_ID
 from placeid.config import Settings
 from placeid_edge.errors import InvalidImage, TooLarge, TransientError, UnsupportedMediaType
 from placeid.hashing import WHASH_FLOAT_BYTES, WHASH_INTEGER_FROM_SCALE, HashValue, perceptual_hashes, sha256_hash
 from placeid_edge.imaging import (
+    STRIP_BYTES,
     ValidationLimits,
     check_header,
+    body_budget,
     configure_decode_budget,
     curated_image,
     decode_budget,
@@ -39,6 +42,7 @@ from placeid_edge.imaging import (
     encode_curated_jpeg,
     open_image,
     pixel_sha256,
+    reduce_factor,
     sniff_format,
 )
 from placeid.logs import get_logger, log
@@ -162,26 +166,54 @@ def event_age_s(event_time: str | datetime | None, now: datetime | None = None) 
     return ((now or datetime.now(timezone.utc)) - event_time).total_seconds()
 
 
-def ingest_estimate(data: bytes, limits: ValidationLimits) -> int:
-    """Peak bytes decoding and hashing ``data`` needs, from its header: the decode (imaging.decode_estimate),
-    or, if more, the RGB image with the curated copy's intermediate (at most a quarter of it) and the greyscale
-    image the perceptual hashes are computed from beside it, or that image and whash's float arrays.
-    Raises what the header checks raise."""
+def ingest_estimate(data: bytes, limits: ValidationLimits, keep_side: int) -> int:
+    """Peak bytes decoding and hashing ``data`` at the working size ``keep_side`` needs, from its header: the
+    decode (imaging.decode_estimate), or, if more, the working RGB image with the curated copy's intermediate (at
+    most a quarter of it) and the greyscale image the perceptual hashes are computed from beside it, or the
+    curated image, that greyscale image, whash's float arrays and a strip's allowance for the allocator. Raises
+    what the header checks raise."""
     if not data:
         return 0  # decode_image says why
     img = open_image(data)
     check_header(img, limits)
-    width, height = img.size
+    decode = decode_estimate(img, keep_side)  # drafts a JPEG: img.size is then its decoded size
+    factor = reduce_factor(img, keep_side)
+    width, height = -(-img.size[0] // factor), -(-img.size[1] // factor)
     scale = 2 ** int(math.log2(min(width, height)))
     whash = WHASH_FLOAT_BYTES * scale * scale if scale <= WHASH_INTEGER_FROM_SCALE else 0
-    return max(decode_estimate(img), estimate_decode_bytes(width, height, "RGB") + 2 * width * height,
-               width * height + whash)
+    hashing = 4 * keep_side * keep_side + width * height + whash + STRIP_BYTES
+    return max(decode, estimate_decode_bytes(width, height, "RGB") + 2 * width * height, hashing)
 
 
-def budget_bytes(max_pixels: int) -> int:
-    """The decode budget that lets the largest image ``max_pixels`` allows through ingest alone: 8 bytes per
-    pixel (a 4-byte mode and its RGB conversion, or a rotated RGB image and its copy), plus strips."""
-    return 8 * max_pixels + 16 * 2**20
+#: Ingest's decode budget unless PLACEID_DECODE_BUDGET_MB says otherwise. Photos are decoded at a working size
+#: (the curated side, ``curated_max_side``, on the shorter side): every JPEG the pixel limit allows needs under
+#: about 50 MiB; PNG/WebP/HEIF images are decoded in full before they are reduced, and fit up to about 23 MP in 4
+#: bytes per pixel (RGB, RGBA), 29 MP at 16 bits, 40 MP in palette or greyscale; larger ones are rejected from
+#: their header with the reason. With the process's own ~80 MiB and the downloads' budget this keeps an ingest
+#: instance at its deployed concurrency under 250 MiB (bench/hostile_bench.py; infra/README.md, Sizing).
+DEFAULT_BUDGET_BYTES = 112 * 2**20
+#: Downloaded photos held at once (PLACEID_BODY_BUDGET_MB unless set): this many of the largest allowed.
+BODIES_IN_FLIGHT = 2
+
+
+def decode_and_hash(data: bytes, limits: ValidationLimits, keep_side: int) -> tuple[Image.Image, dict]:
+    """Decode ``data`` at its working size (a photo larger than needed is decoded reduced, never below
+    ``keep_side``, the curated side, on its shorter side), hash it and shrink it to the curated size: the curated
+    image and the record's fields (format, sizes, EXIF orientation, pixel and perceptual hashes). Working-size
+    pixels exist only inside this call."""
+    decoded = decode_image(data, limits, keep_side=keep_side)
+    width, height = decoded.oriented_source_size
+    fields = dict(format=decoded.format, source_mode=decoded.source_mode, frames=decoded.frames,
+                  exif_orientation=decoded.orientation, width=width, height=height, hashed_size=list(decoded.size))
+    rgb = decoded.rgb
+    del decoded
+    hashes = {"pixels_sha256": HashValue("sha256", 256, pixel_sha256(rgb), "hashlib").to_dict()}
+    curated = curated_image(rgb, keep_side)
+    grey = rgb.convert("L")  # what every perceptual hash starts from; the working RGB can go
+    rgb.close()
+    del rgb
+    hashes.update({k: v.to_dict() for k, v in perceptual_hashes(grey).items()})
+    return curated, dict(fields, hashes=hashes)
 
 
 def describe_failure(exc: BaseException, limit: int = 500) -> str:
@@ -203,7 +235,8 @@ class Ingestor:
         self.storage_options = {"retry": STORAGE_RETRY.with_timeout(timeout_s), "timeout": timeout_s}
         self.limits = ValidationLimits.from_settings(self.settings)
         configure_decode_budget(self.settings.decode_budget_mb, self.settings.ingest_decode_wait_s,
-                                auto_bytes=budget_bytes(self.settings.max_pixels))
+                                auto_bytes=DEFAULT_BUDGET_BYTES, body_mb=self.settings.body_budget_mb,
+                                body_auto_bytes=BODIES_IN_FLIGHT * self.settings.max_object_bytes)
         self.index = NearDuplicateIndex(self.db, self.settings.near_dup_distance, self.call_options)
         self._known_places: dict[str, float] = {}
 
@@ -287,17 +320,19 @@ class Ingestor:
         if blob.size is not None and blob.size > self.settings.max_object_bytes:
             return self._commit_final(image_ref, record, REJECTED,
                                       f"file too large: {blob.size} bytes > limit {self.settings.max_object_bytes}")
-        try:
-            data = blob.download_as_bytes(**self.storage_options)
-        except gexc.NotFound:  # overwritten or deleted since the metadata read
-            return self._commit_final(image_ref, record, REJECTED, "object generation no longer exists")
-        record["hashes"] = {"file_sha256": sha256_hash(data).to_dict()}
-        try:
-            curated = self._decode_and_hash(data, record)
-        except (InvalidImage, UnsupportedMediaType, TooLarge) as exc:
-            record["format"] = sniff_format(data)
-            return self._commit_final(image_ref, record, REJECTED, exc.message)
-        del data  # from here on only the hashes and the small curated image are held
+        # The download is held until its pixels are hashed: reserved first (before the decode's reservation).
+        with body_budget.reserve(blob.size or self.settings.max_object_bytes, "the download"):
+            try:
+                data = blob.download_as_bytes(**self.storage_options)
+            except gexc.NotFound:  # overwritten or deleted since the metadata read
+                return self._commit_final(image_ref, record, REJECTED, "object generation no longer exists")
+            record["hashes"] = {"file_sha256": sha256_hash(data).to_dict()}
+            try:
+                curated = self._decode_and_hash(data, record)
+            except (InvalidImage, UnsupportedMediaType, TooLarge) as exc:
+                record["format"] = sniff_format(data)
+                return self._commit_final(image_ref, record, REJECTED, exc.message)
+            del data  # from here on only the hashes and the small curated image are held
 
         place_id, label_source, problem = label_from(obj, self.settings)
         if place_id and not problem and not self._place_exists(place_id):
@@ -312,24 +347,15 @@ class Ingestor:
         return record
 
     def _decode_and_hash(self, data: bytes, record: dict):
-        """Decode, hash and shrink to the curated size within the process's decode memory budget (reserved
-        from the header's estimate, :func:`ingest_estimate`); fills ``record`` and returns the curated-size
-        image. Full-size pixels exist only inside this call."""
-        with decode_budget.reserve(ingest_estimate(data, self.limits), "image"):
-            decoded = decode_image(data, self.limits)
-            record.update(
-                format=decoded.format, source_mode=decoded.source_mode, frames=decoded.frames,
-                exif_orientation=decoded.orientation, width=decoded.size[0], height=decoded.size[1],
-            )
-            rgb = decoded.rgb
-            del decoded
-            record["hashes"]["pixels_sha256"] = HashValue("sha256", 256, pixel_sha256(rgb), "hashlib").to_dict()
-            curated = curated_image(rgb, self.settings.curated_max_side)
-            grey = rgb.convert("L")  # what every perceptual hash starts from; the full RGB can go
-            rgb.close()
-            del rgb
-            record["hashes"].update({k: v.to_dict() for k, v in perceptual_hashes(grey).items()})
-            return curated
+        """:func:`decode_and_hash` within the process's decode memory budget (reserved from the header's
+        estimate, :func:`ingest_estimate`); fills ``record`` and returns the curated-size image."""
+        keep_side = self.settings.curated_max_side
+        with decode_budget.reserve(ingest_estimate(data, self.limits, keep_side), "image"):
+            curated, fields = decode_and_hash(data, self.limits, keep_side)
+        hashes = fields.pop("hashes")
+        record.update(fields)
+        record["hashes"].update(hashes)
+        return curated
 
     # -- steps --------------------------------------------------------------------------------
 
@@ -493,7 +519,8 @@ class Ingestor:
                                                           **self.storage_options)
         if blob is None:
             raise InvalidImage(f"source {source['uri']}#{source['generation']} no longer exists")
-        return decode_image(blob.download_as_bytes(**self.storage_options), self.limits)
+        return decode_image(blob.download_as_bytes(**self.storage_options), self.limits,
+                            keep_side=self.settings.curated_max_side)
 
     def write_curated_copy(self, image_ref, record: dict, rgb) -> dict:
         """Create-only upload of the normalised copy of the RGB image ``rgb`` (a redelivery finds it there), then

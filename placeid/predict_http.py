@@ -26,7 +26,7 @@ from placeid.logs import get_logger, log
 from placeid.serving import ModelCache, PlaceDirectory
 from placeid.registry import Registry
 from placeid_edge.errors import BadRequest, NotFound, PlaceidError, TooLarge, UnsupportedMediaType
-from placeid_edge.imaging import configure_decode_budget
+from placeid_edge.imaging import body_budget, configure_decode_budget
 from placeid_edge.preprocess import budget_bytes
 
 logger = get_logger("placeid.predict")
@@ -35,6 +35,12 @@ MODEL_PATH = f"/v1/models/{MODEL_NAME}"
 RAW_TYPES = ("image/", "application/octet-stream")
 #: A photo upload has one file field; a multipart body with more parts than this is refused.
 MAX_FORM_PARTS = 8
+#: Bytes a request body may hold in memory per byte sent: a multipart file is spooled (to /tmp, which is memory
+#: on Cloud Functions) and then read; a JSON body and its parsed text; base64 images decode to 3/4 of their text.
+BODY_COPIES = 2
+#: Request bodies of this many of the largest allowed size may be held at once (PLACEID_BODY_BUDGET_MB unless set):
+#: one 10 MB body, or several photos of a few MB; others wait for room (PLACEID_DECODE_WAIT_S, then 503).
+BODIES_IN_FLIGHT = 1
 #: On every answer: no MIME sniffing, no framing, no referrer.
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 
@@ -66,7 +72,8 @@ class PredictService:
     def __init__(self, settings: Settings, models: ModelCache, places: PlaceDirectory):
         self.settings = settings
         configure_decode_budget(settings.decode_budget_mb, settings.decode_wait_s,  # shared by every request
-                                auto_bytes=budget_bytes(settings.max_pixels))
+                                auto_bytes=budget_bytes(settings.max_pixels), body_mb=settings.body_budget_mb,
+                                body_auto_bytes=BODIES_IN_FLIGHT * BODY_COPIES * settings.max_request_bytes)
         self.models = models
         self.places = places
         self._page = _page()
@@ -87,7 +94,8 @@ class PredictService:
             if request.method == "OPTIONS":
                 response = flask.Response(status=204)
             else:
-                response = self._route(request, fields)
+                with body_budget.reserve(self._body_estimate(request), "the request body"):
+                    response = self._route(request, fields)
         except PlaceidError as exc:
             response = self._json(exc.to_json(), exc.http_status)
             fields["error"] = exc.message
@@ -102,9 +110,10 @@ class PredictService:
             response = self._json({"error": {"code": "internal", "message": "internal error", "status": 500}}, 500)
             fields["error"] = repr(exc)
         request.max_content_length = None
-        if response.status_code == 413:
-            # The rest of a refused body is never read: functions-framework reads what is left of every body
-            # after the response (get_data), so it gets an empty stream, and the connection is closed.
+        if response.status_code in (413, 503):
+            # The rest of a refused body (too large, or no room to hold it) is never read: functions-framework
+            # reads what is left of every body after the response (get_data), so it gets an empty stream, and
+            # the connection is closed.
             request.__dict__["stream"] = io.BytesIO()
             response.headers["Connection"] = "close"
         response.headers.update(SECURITY_HEADERS)
@@ -193,6 +202,17 @@ class PredictService:
     # -- request parsing -------------------------------------------------------------------------------------
     def _too_large_message(self) -> str:
         return f"request body larger than the limit of {self.settings.max_request_bytes} bytes"
+
+    def _body_estimate(self, request: flask.Request) -> int:
+        """What the body may hold in memory, reserved before a byte of it is read and kept until the answer is
+        made: BODY_COPIES x its declared length, or x the limit when it is sent chunked (a declared length above
+        the limit is refused by _check_length without reading)."""
+        if request.method != "POST":
+            return 0
+        declared = request.content_length
+        if declared is not None and declared > self.settings.max_request_bytes:
+            return 0
+        return BODY_COPIES * (declared if declared is not None else self.settings.max_request_bytes)
 
     def _check_length(self, request: flask.Request) -> None:
         request.max_content_length = self.settings.max_request_bytes

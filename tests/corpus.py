@@ -203,9 +203,13 @@ def build_cases(photo_paths: list[Path]) -> tuple[list[Case], dict]:
         Case("phone.heic", _save(next(photos), "HEIF"), "accepted", format="HEIF", content_type="image/heic"),
         Case("bad-exif.jpg", jpeg_with_malformed_exif(next(photos).resize((160, 120))), "accepted",
              format="JPEG", check="orientation-6"),
-        # 7200 x 5400 = 38.9 Mpx, just within the 40 Mpx limit: accepted, and predict decodes it at 1/8 scale.
+        # 7200 x 5400 = 38.9 Mpx, just within the 40 Mpx limit: accepted (ingest decodes it at 1/4 scale, predict
+        # at 1/8), and an RGBA PNG of that size, which no decode can reduce before it holds 4 bytes per pixel:
+        # refused from its header, before any pixel is decoded, by both decode memory budgets.
         Case("large-40mp.jpg", _save(next(photos).resize((7200, 5400), Image.Resampling.NEAREST), "JPEG",
                                      quality=60), "accepted", format="JPEG", check="large"),
+        Case("large-rgba-40mp.png", _save(Image.new("RGBA", (7200, 5400), (200, 30, 30, 128)), "PNG"), "rejected",
+             "more than the decode memory budget", http_status=413, http_code="too_large", content_type="image/png"),
     ]
     for orientation in range(2, 9):
         image = next(photos).resize((160, 120))

@@ -73,8 +73,9 @@ def test_corpus_of_bad_and_odd_inputs(catalog, db, bucket, world30_photos):
             half = arr.shape[1] // 2
             assert arr[:, : half - 8].mean() > 252  # the transparent half, composited over white
             assert arr[:, half + 8:].mean() < 200  # the photo half keeps its colours
-        elif case.check == "large":  # decoded in full (within the pixel limit), curated at the size cap
+        elif case.check == "large":  # decoded at 1/4 scale (within the pixel limit), curated at the size cap
             assert (record["width"], record["height"]) == (7200, 5400) and image.size == (1024, 768)
+            assert record["hashed_size"] == [1800, 1350]
         elif case.check == "no-exif":
             assert len(bucket.blob(record["curated"]["path"]).download_as_bytes()) < 40000
         elif case.check and case.check.startswith("orientation-"):

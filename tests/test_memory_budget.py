@@ -18,7 +18,17 @@ from PIL import Image, ImageOps
 
 from placeid_edge import imaging
 from placeid_edge.errors import TooLarge, TransientError
-from placeid_edge.imaging import DecodeBudget, curated_image, decode_image, pixel_bytes, pixel_sha256, to_rgb
+from placeid.hashing import hamming_distance, perceptual_hashes
+from placeid.ingest import decode_and_hash
+from placeid_edge.imaging import (
+    MemoryBudget,
+    ValidationLimits,
+    curated_image,
+    decode_image,
+    pixel_bytes,
+    pixel_sha256,
+    to_rgb,
+)
 from placeid_edge.preprocess import prepare_estimate, prepare_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +126,7 @@ def test_an_image_larger_than_the_whole_budget_is_refused_and_a_full_budget_time
 
 
 def test_a_standalone_budget_waits_for_room():
-    gate = DecodeBudget(10, wait_s=5)
+    gate = MemoryBudget(10, wait_s=5)
     order = []
     with gate.reserve(8):
         waiter = threading.Thread(target=lambda: (gate.reserve(8).__enter__(), order.append("second")))
@@ -193,3 +203,68 @@ print("mode", image.mode, rgb.mode, "grew_kib", hwm() - before)
     grew_mib = int(done.stdout.split("grew_kib")[1]) / 1024
     # results: 12 MB grey + 48 MB RGB (Pillow keeps RGB in 4 bytes); strips a few MB
     assert grew_mib < 90, f"the 16-bit conversion grew the process by {grew_mib:.0f} MiB"
+
+
+# -- ingest's working size --------------------------------------------------------------------------------------
+LARGE_ORIGINAL = "world30-originals/forbidden-city/997b5d9d-a20f-4bd7-bbdf-4d983f3955af.jpg"  # 5255 x 3564
+
+
+def _upscaled_png(data_dir: Path) -> bytes:
+    """A 12 MP PNG of a real photo (no draft mode: reduced in strips after decoding)."""
+    return _png(Image.open(_world30_photo(data_dir, 3)).convert("RGB").resize((4032, 3024), Image.Resampling.BICUBIC))
+
+
+def test_ingest_decodes_a_large_photo_at_its_working_size_with_the_same_hashes(data_dir):
+    """A photo larger than ingest needs is decoded reduced (a JPEG in draft mode, a PNG box-reduced in strips),
+    never below the curated side: the recorded sizes stay the file's, the perceptual hashes are those of the full
+    decode (pHash within 2 bits, whash equal) and the curated copy has the same size and nearly the same pixels."""
+    for data in ((data_dir / LARGE_ORIGINAL).read_bytes(), _upscaled_png(data_dir)):
+        full = decode_image(data)
+        curated, fields = decode_and_hash(data, ValidationLimits(), 1024)
+        assert (fields["width"], fields["height"]) == full.size
+        short = min(fields["hashed_size"])
+        assert 1024 <= short < 2048 and short < min(full.size)
+        expected = perceptual_hashes(full.rgb)
+        assert hamming_distance(fields["hashes"]["phash"]["hex"], expected["phash"].hex) <= 2
+        assert fields["hashes"]["whash"]["hex"] == expected["whash"].hex
+        reference = curated_image(full.rgb, 1024)
+        assert curated.size == reference.size
+        assert np.abs(np.asarray(curated, dtype=int) - np.asarray(reference, dtype=int)).mean() < 2
+
+
+def test_a_rotated_photo_reports_its_oriented_size_at_the_working_size(data_dir):
+    image = Image.open(data_dir / LARGE_ORIGINAL)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    _, fields = decode_and_hash(out.getvalue(), ValidationLimits(), 1024)
+    assert (fields["width"], fields["height"]) == (image.size[1], image.size[0])
+    assert fields["hashed_size"][0] < fields["hashed_size"][1] and fields["exif_orientation"] == 6
+
+
+def test_ingesting_a_40_mp_jpeg_stays_within_its_estimate(data_dir, tmp_path):
+    """The largest JPEG the pixel limit allows, decoded and hashed as ingest does, in a fresh process: it grows by
+    far less than one full-size RGB image (153 MiB), and by no more than the estimate ingest reserves for it."""
+    path = tmp_path / "large.jpg"
+    Image.open(_world30_photo(data_dir, 5)).convert("RGB").resize((7300, 5475)).save(path, quality=90)
+    probe = f"""
+from pathlib import Path
+from placeid.ingest import decode_and_hash, ingest_estimate
+from placeid_edge.imaging import ValidationLimits, return_freed_memory
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+return_freed_memory()  # as the ingest function does (configure_decode_budget)
+data = Path({str(path)!r}).read_bytes()
+estimate = ingest_estimate(data, ValidationLimits(), 1024)
+before = hwm()
+curated, fields = decode_and_hash(data, ValidationLimits(), 1024)
+print("hashed", fields["hashed_size"], "grew_kib", hwm() - before, "estimate_kib", estimate // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert "grew_kib" in done.stdout, done.stdout + done.stderr
+    grew_kib = int(done.stdout.split("grew_kib")[1].split()[0])
+    estimate_kib = int(done.stdout.split("estimate_kib")[1].split()[0])
+    assert "hashed [1825, 1369]" in done.stdout
+    assert grew_kib < 80 * 1024, f"decoding and hashing grew the process by {grew_kib / 1024:.0f} MiB"
+    assert grew_kib <= estimate_kib, (grew_kib, estimate_kib)

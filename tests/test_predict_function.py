@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from functions_framework import create_app
 from PIL import Image
 
 import placeid.predict_http
+from placeid_edge import imaging
 from placeid.config import REPO_ROOT
 from placeid_edge.bundle import Bundle
 from tests.serving import encoded, jpeg_bytes, publish
@@ -244,3 +246,38 @@ def test_a_promoted_bundle_that_cannot_be_fetched_is_503(make_client, served, bu
     # The client learns that there is no model; which file is missing from which bucket is for the log only.
     assert "labels.json" not in body["error"]["message"] and bucket.name not in body["error"]["message"]
     assert "no labels.json" in capsys.readouterr().out
+
+
+def test_request_bodies_are_reserved_from_their_memory_budget_before_they_are_read(make_client, served,
+                                                                                    world30_photos):
+    """Twice a body's declared length is reserved before a byte of it is read and held until the answer: a
+    budget smaller than that refuses at once (413, every route); one that holds a single body makes concurrent
+    requests take turns (all answered, never more reserved than the budget); a budget kept full answers 503 once
+    the wait is over, without reading the body."""
+    data = world30_photos["petra"][0].read_bytes()
+    small = make_client(PLACEID_BODY_BUDGET_MB=1.5 * len(data) / 2**20)
+    for response in (small.post("/", data=data, content_type="image/jpeg"),
+                     small.post("/", data={"image": (io.BytesIO(data), "p.jpg")}, content_type="multipart/form-data"),
+                     small.post("/v1/models/placeid:predict",
+                                json={"instances": [{"b64": base64.b64encode(data).decode()}]})):
+        body = assert_error(response, 413, "too_large")
+        assert "PLACEID_BODY_BUDGET_MB" in body["error"]["message"]
+
+    one_body = 2 * len(data) + 1024
+    client = make_client(PLACEID_BODY_BUDGET_MB=one_body / 2**20, PLACEID_DECODE_WAIT_S=30)
+    assert client.post("/", data=data, content_type="image/jpeg").status_code == 200  # the instance starts
+    budget = imaging.body_budget
+    assert budget.limit_bytes == one_body
+    budget.reset_peak()
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(lambda _: client.application.test_client().post(
+            "/", data=data, content_type="image/jpeg").status_code, range(6)))
+    assert statuses == [200] * 6
+    assert 2 * len(data) <= budget.peak <= one_body
+
+    client = make_client(PLACEID_BODY_BUDGET_MB=one_body / 2**20, PLACEID_DECODE_WAIT_S=0.3)
+    assert client.get("/v1/models/placeid").status_code == 200
+    with budget.reserve(one_body, "held by the test"):
+        body = assert_error(client.post("/", data=data, content_type="image/jpeg"), 503, "unavailable")
+    assert "PLACEID_BODY_BUDGET_MB" not in body["error"]["message"] and "busy" in body["error"]["message"]
+    assert client.post("/", data=data, content_type="image/jpeg").status_code == 200

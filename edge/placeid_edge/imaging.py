@@ -59,16 +59,18 @@ def estimate_decode_bytes(width: int, height: int, mode: str, *, converted: bool
     return decoded + rgb + strip_bytes
 
 
-class DecodeBudget:
-    """A process-wide bound on the memory that decodes in flight may hold: each decode reserves its estimate
-    (:func:`estimate_decode_bytes`) before any pixel is decoded and gives it back when its full-size images are
-    gone. A decode that does not fit waits up to ``wait_s`` for others to finish (then :class:`TransientError`,
-    503: retry); one that alone is larger than the budget is refused (:class:`TooLarge`, 413). ``limit_bytes``
-    0 disables the bound."""
+class MemoryBudget:
+    """A process-wide bound on the memory some kind of work in flight may hold: each piece of work reserves its
+    estimate before it allocates and gives it back when the memory is gone. Work that does not fit waits up to
+    ``wait_s`` for others to finish (then :class:`TransientError`, 503: retry); work that alone is larger than
+    the budget is refused (:class:`TooLarge`, 413). ``limit_bytes`` 0 disables the bound. ``name`` and
+    ``setting`` say in messages which budget it is and how to change it."""
 
-    def __init__(self, limit_bytes: int, wait_s: float = 10.0):
+    def __init__(self, limit_bytes: int, wait_s: float = 10.0, *, name: str = "decode memory budget",
+                 setting: str = "PLACEID_DECODE_BUDGET_MB"):
         self.limit_bytes = int(limit_bytes)
         self.wait_s = float(wait_s)
+        self.name, self.setting = name, setting
         self._used = 0
         self._peak = 0
         self._cond = threading.Condition()
@@ -101,14 +103,14 @@ class DecodeBudget:
             yield
             return
         if nbytes > limit:
-            raise TooLarge(f"{what} needs about {nbytes / 2**20:.0f} MiB to decode, more than the decode memory "
-                           f"budget of {limit / 2**20:.0f} MiB (PLACEID_DECODE_BUDGET_MB)")
+            raise TooLarge(f"{what} needs about {nbytes / 2**20:.0f} MiB, more than the {self.name} of "
+                           f"{limit / 2**20:.0f} MiB ({self.setting})")
         deadline = time.monotonic() + self.wait_s
         with self._cond:
             while self._used + nbytes > self.limit_bytes:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TransientError(f"busy: the decode memory budget ({self.limit_bytes / 2**20:.0f} MiB) "
+                    raise TransientError(f"busy: the {self.name} ({self.limit_bytes / 2**20:.0f} MiB) "
                                          f"stayed full for {self.wait_s:g} s; retry")
                 self._cond.wait(left)
             self._used += nbytes
@@ -126,11 +128,15 @@ class DecodeBudget:
 #: process's heaps, one per thread: measured 1.3 GiB after 8 threads of 40 MP decodes that never held more than
 #: 172 MiB at once). PLACEID_MMAP_THRESHOLD_BYTES overrides it; 0 leaves glibc's default.
 MMAP_THRESHOLD_BYTES = 1 << 20
+#: glibc's malloc arenas (unless MALLOC_ARENA_MAX is set): by default up to 8 per core, each keeping the freed
+#: small blocks of the threads that used it; 8 request threads measured 17 MiB more peak RSS with the default.
+MALLOC_ARENAS = 2
 
 
 def return_freed_memory(threshold: int | None = None) -> bool:
     """Make glibc hand freed image buffers back (mallopt M_MMAP_THRESHOLD), so a decode budget bounds the
-    resident size and not only what is in use; True if set. Linux glibc only; elsewhere nothing happens."""
+    resident size and not only what is in use, and share MALLOC_ARENAS arenas among the threads (M_ARENA_MAX)
+    unless MALLOC_ARENA_MAX says otherwise; True if set. Linux glibc only; elsewhere nothing happens."""
     threshold = int(_env_float("PLACEID_MMAP_THRESHOLD_BYTES", MMAP_THRESHOLD_BYTES)) if threshold is None else threshold
     if threshold <= 0 or not sys.platform.startswith("linux"):
         return False
@@ -138,6 +144,8 @@ def return_freed_memory(threshold: int | None = None) -> bool:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
+        if "MALLOC_ARENA_MAX" not in os.environ:
+            libc.mallopt(-8, MALLOC_ARENAS)  # M_ARENA_MAX: arenas made from now on
         return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
@@ -150,23 +158,30 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
-#: The budget of this process, shared by every decode in it (predict's requests, ingest's events). The edge
-#: package starts unbounded unless PLACEID_DECODE_BUDGET_MB is set (MiB; 0 = unbounded here); placeid's services
-#: set it from their settings (configure_decode_budget, which also calls return_freed_memory).
+#: The budgets of this process: ``decode_budget``, shared by every decode in it (predict's requests, ingest's
+#: events), and ``body_budget``, shared by the encoded bytes they hold (request bodies, downloaded objects). The
+#: edge package starts unbounded unless PLACEID_DECODE_BUDGET_MB / PLACEID_BODY_BUDGET_MB are set (MiB; 0 =
+#: unbounded here); placeid's services set them from their settings (configure_decode_budget, which also calls
+#: return_freed_memory). A body is reserved before its decode, never the other way round: no cycle, no deadlock.
 DEFAULT_DECODE_WAIT_S = 10.0
-decode_budget = DecodeBudget(int(_env_float("PLACEID_DECODE_BUDGET_MB", 0) * 2**20),
+decode_budget = MemoryBudget(int(_env_float("PLACEID_DECODE_BUDGET_MB", 0) * 2**20),
                              _env_float("PLACEID_DECODE_WAIT_S", DEFAULT_DECODE_WAIT_S))
-if decode_budget.limit_bytes > 0:
+body_budget = MemoryBudget(int(_env_float("PLACEID_BODY_BUDGET_MB", 0) * 2**20),
+                           _env_float("PLACEID_DECODE_WAIT_S", DEFAULT_DECODE_WAIT_S),
+                           name="memory budget for request bodies and downloads", setting="PLACEID_BODY_BUDGET_MB")
+if decode_budget.limit_bytes > 0 or body_budget.limit_bytes > 0:
     return_freed_memory()
 
 
-def configure_decode_budget(budget_mb: float, wait_s: float | None = None, *, auto_bytes: int = 0) -> DecodeBudget:
-    """Set the process-wide decode budget: ``budget_mb`` MiB, or when it is 0, ``auto_bytes`` (what the largest
-    image the limits allow needs alone in the caller's pipeline); and how long a decode waits for room. Also
-    makes freed image memory go back to the system (:func:`return_freed_memory`), without which the budget
-    would bound what is in use but not the resident size."""
+def configure_decode_budget(budget_mb: float, wait_s: float | None = None, *, auto_bytes: int = 0,
+                            body_mb: float = 0.0, body_auto_bytes: int = 0) -> MemoryBudget:
+    """Set the process-wide budgets: decodes ``budget_mb`` MiB, or when it is 0, ``auto_bytes`` (what the caller's
+    pipeline needs for the images its limits allow); bodies ``body_mb`` MiB, or ``body_auto_bytes``; and how long
+    work waits for room. Also makes freed image memory go back to the system (:func:`return_freed_memory`),
+    without which a budget would bound what is in use but not the resident size. Returns the decode budget."""
     return_freed_memory()
     decode_budget.configure(int(budget_mb * 2**20) if budget_mb > 0 else int(auto_bytes), wait_s)
+    body_budget.configure(int(body_mb * 2**20) if body_mb > 0 else int(body_auto_bytes), wait_s)
     return decode_budget
 
 
@@ -196,7 +211,14 @@ class DecodedImage:
 
     @property
     def size(self) -> tuple[int, int]:
+        """The decoded RGB image's size (the working size when it was decoded reduced)."""
         return self.rgb.size
+
+    @property
+    def oriented_source_size(self) -> tuple[int, int]:
+        """The file's own size as it is seen once the EXIF orientation is applied."""
+        width, height = self.source_size
+        return (height, width) if self.orientation in (5, 6, 7, 8) else (width, height)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -238,8 +260,12 @@ def open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
         raise InvalidImage(f"cannot read image header: {exc}") from None
 
 
-def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> DecodedImage:
+def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits(), *, keep_side: int = 0) -> DecodedImage:
     """Validate and decode ``data`` into an oriented RGB image.
+
+    ``keep_side`` > 0 decodes a large image at a working size instead of in full (see :func:`plan_reduction`):
+    a JPEG in draft mode, another format above REDUCE_ABOVE_PIXELS reduced in strips right after decoding,
+    never below ``keep_side`` on the shorter side. ``source_size`` keeps the file's own size.
 
     Raises :class:`UnsupportedMediaType` for non-images and formats outside the allow-list, and
     :class:`InvalidImage` for empty, truncated or corrupt files, decompression bombs and absurd sizes.
@@ -250,12 +276,20 @@ def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> 
     check_header(img, limits)
     width, height = img.size
     frames = getattr(img, "n_frames", 1)
+    factor = plan_reduction(img, keep_side)
     try:
         img.load()
     except Exception as exc:  # noqa: BLE001
         raise InvalidImage(f"corrupt or truncated {img.format} data: {exc}") from None
     orientation = _orientation(img)
     source_mode, image_format = img.mode, img.format
+    if factor > 1:
+        try:
+            reduced = keep_orientation(reduce_in_strips(img, factor), img)
+        except (OSError, ValueError) as exc:
+            raise InvalidImage(f"cannot decode image: {exc}") from None
+        img.close()
+        img = reduced
     # Colour conversion first, then the orientation (they commute, pixel for pixel): the decoded source is
     # dropped before a rotation copies the RGB result, so at most two full-size images exist at once.
     rgb = to_rgb(img)
@@ -268,17 +302,103 @@ def decode_image(data: bytes, limits: ValidationLimits = ValidationLimits()) -> 
     return DecodedImage(rgb, image_format, source_mode, (width, height), orientation, frames)
 
 
+# -- decoding at a working size ------------------------------------------------------------------------------------
+
+#: Formats Pillow can decode at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4, 1/8).
+DRAFT_FORMATS = ("JPEG", "MPO")
+#: Other images above this many pixels may be reduced (box average, Image.reduce, in row strips) right after
+#: decoding, before orientation and colour conversion, so those steps copy a small image; smaller images are
+#: processed in full.
+REDUCE_ABOVE_PIXELS = 4_000_000
+#: Allowance for the strips of a strip-wise reduction.
+STRIP_BYTES = 4 * 2**20
+#: Modes Image.reduce takes.
+_REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "I", "F")
+
+
+def draft_to(img: Image.Image, keep_side: int) -> None:
+    """Let an opened, not yet loaded JPEG decode at the smallest DCT scale that keeps both sides >= ``keep_side``
+    (``img.size`` becomes that size); other formats, and ``keep_side`` 0, are left alone."""
+    if keep_side <= 0 or img.format not in DRAFT_FORMATS:
+        return
+    try:
+        img.draft("RGB", (keep_side, keep_side))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"cannot decode image: {exc}") from None
+
+
+def reduce_factor(img: Image.Image, keep_side: int) -> int:
+    """The Image.reduce factor for an opened non-JPEG image above REDUCE_ABOVE_PIXELS that keeps its shorter side
+    >= ``keep_side``; 1 (no reduction) for everything else."""
+    width, height = img.size
+    if keep_side <= 0 or img.format in (None, *DRAFT_FORMATS) or width * height <= REDUCE_ABOVE_PIXELS:
+        return 1
+    return max(1, min(width, height) // keep_side)
+
+
+def plan_reduction(img: Image.Image, keep_side: int) -> int:
+    """Drafts a JPEG (:func:`draft_to`) and returns the reduce factor of any other format (:func:`reduce_factor`)."""
+    draft_to(img, keep_side)
+    return reduce_factor(img, keep_side)
+
+
+def reduced_decode_estimate(img: Image.Image, factor: int) -> int:
+    """Peak bytes of decoding ``img`` in full and reducing it by ``factor`` (> 1) in strips: the decoded pixels
+    (plus their 8-bit grey for 16-bit ones), the reduced image (4 bytes per pixel) and the strips."""
+    width, height = img.size
+    decoded = estimate_decode_bytes(width, height, img.mode, converted=False, strips=False)
+    grey = width * height if img.mode.startswith("I;16") else 0
+    return decoded + grey + 4 * -(-width // factor) * -(-height // factor) + STRIP_BYTES
+
+
+def reduce_in_strips(image: Image.Image, factor: int) -> Image.Image:
+    """``image.reduce(factor)`` (box average), converting modes Image.reduce cannot take first (16-bit to 8-bit
+    grey, the rest to RGB or RGBA), strip by strip: strips whose height is a multiple of ``factor`` give the
+    same pixels as reducing the whole, and no full-size converted copy is made."""
+    image.load()
+    if image.mode.startswith("I;16"):
+        image = high_bit_depth_to_grey(image)  # scaled by the whole image's range; 1 byte per pixel
+    width, height = image.size
+    rows = factor * max(1, STRIP_ROWS // factor)
+    out = None
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        if strip.mode not in _REDUCIBLE:
+            has_alpha = strip.mode == "PA" or "transparency" in strip.info
+            strip = strip.convert("RGBA" if strip.mode in ("PA", "P") and has_alpha else "RGB")
+        small = strip.reduce(factor)
+        if out is None:
+            out = Image.new(small.mode, (-(-width // factor), -(-height // factor)))
+        out.paste(small, (0, top // factor))
+    return out
+
+
+def keep_orientation(reduced: Image.Image, source: Image.Image) -> Image.Image:
+    """``reduced`` carrying ``source``'s EXIF (its orientation), which Image.reduce drops; parsing it here also
+    keeps ``source.getexif()`` answering once its pixels are released."""
+    exif = source.getexif()
+    if exif.get(0x0112, 1) not in (0, 1):
+        reduced.info["exif"] = exif.tobytes()
+    return reduced
+
+
 #: What ImageOps.exif_transpose does for each EXIF orientation.
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
               8: Image.Transpose.ROTATE_90}
 
 
-def decode_estimate(img: Image.Image) -> int:
-    """What :func:`decode_image` of the opened ``img`` needs at its peak (see :func:`estimate_decode_bytes`):
-    the decoded pixels and their RGB conversion, or, when the image may be rotated (a JPEG's header says so; a
+def decode_estimate(img: Image.Image, keep_side: int = 0) -> int:
+    """What :func:`decode_image` of the opened ``img`` needs at its peak (see :func:`estimate_decode_bytes`).
+    With ``keep_side`` it first plans the reduction (drafting a JPEG: ``img.size`` becomes the decoded size): a
+    reduced image needs :func:`reduced_decode_estimate` and then two RGB copies of the reduced size; one decoded
+    in full needs its pixels and their RGB conversion, or, when it may be rotated (a JPEG's header says so; a
     PNG's or WebP's EXIF can only be read after decoding), two RGB images, whichever is larger."""
+    factor = plan_reduction(img, keep_side)
     width, height = img.size
+    if factor > 1:
+        small = estimate_decode_bytes(-(-width // factor), -(-height // factor), "RGB", copies=2)
+        return reduced_decode_estimate(img, factor) + small
     decoded = estimate_decode_bytes(width, height, img.mode)
     if header_orientation(img) in (0, 1):
         return decoded

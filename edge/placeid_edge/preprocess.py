@@ -14,29 +14,28 @@ from PIL import Image, ImageOps
 
 from placeid_edge.errors import InvalidImage
 from placeid_edge.imaging import (
+    REDUCE_ABOVE_PIXELS,
+    STRIP_BYTES,
     ValidationLimits,
     check_header,
     decode_budget,
+    draft_to,
     estimate_decode_bytes,
     header_orientation,
-    STRIP_ROWS,
-    high_bit_depth_to_grey,
+    keep_orientation,
     open_image,
     orient_in_place,
+    reduce_factor,
+    reduce_in_strips,
+    reduced_decode_estimate,
     to_rgb,
 )
 
 RESAMPLE = Image.Resampling.BILINEAR
-#: Non-JPEG images above this many pixels (JPEGs are decoded in draft mode instead) are reduced (box average,
-#: Image.reduce, in row strips) right after decoding, to no less than REDUCE_KEEP x the model size on the shorter
-#: side, before orientation and colour conversion, so those steps copy a small image; smaller images are
-#: processed exactly as before.
-REDUCE_ABOVE_PIXELS = 4_000_000
+#: JPEGs are decoded in draft mode at no less than the model size; other images above REDUCE_ABOVE_PIXELS are
+#: reduced right after decoding to no less than REDUCE_KEEP x the model size on the shorter side
+#: (imaging.reduce_in_strips).
 REDUCE_KEEP = 4
-#: Allowance for the strips of a strip-wise reduction.
-STRIP_BYTES = 4 * 2**20
-#: Modes Image.reduce takes.
-_REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "I", "F")
 #: Stored in every model manifest; a consumer checks it matches before it feeds the model.
 PREPROCESSING = {
     "name": "placeid-v1",
@@ -64,11 +63,7 @@ def prepare_image(source: ImageSource, size: int, limits: ValidationLimits = Val
     if image.format is None:  # made in memory: already decoded, nothing to reserve
         return _prepare(image, size, opened)
     check_header(image, limits)
-    try:
-        if image.format == "JPEG":
-            image.draft("RGB", (size, size))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidImage(f"cannot decode image: {exc}") from None
+    draft_to(image, size)
     with decode_budget.reserve(prepare_estimate(image, size), "image"):
         return _prepare(image, size, opened)
 
@@ -78,19 +73,17 @@ def prepare_estimate(image: Image.Image, size: int) -> int:
     decoded pixels (plus their 8-bit grey for 16-bit ones), the reduced image and the strips; else the decoded
     pixels, a rotation's copy and the RGB conversion."""
     width, height = image.size  # after draft: the reduced JPEG size
-    factor = _reduce_factor(image, size)
+    factor = reduce_factor(image, REDUCE_KEEP * size)
     if factor > 1:
-        decoded = estimate_decode_bytes(width, height, image.mode, converted=False, strips=False)
-        grey = width * height if image.mode.startswith("I;16") else 0
-        return decoded + grey + 4 * -(-width // factor) * -(-height // factor) + STRIP_BYTES
+        return reduced_decode_estimate(image, factor)
     rotated = header_orientation(image) not in (0, 1)
     return estimate_decode_bytes(width, height, image.mode, copies=2 if rotated else 1)
 
 
-#: Predict's decode budget unless PLACEID_DECODE_BUDGET_MB says otherwise: with the worker's own ~120 MiB and
-#: 8 request bodies it keeps a worker near 300 MiB (bench/hostile_bench.py). It admits every JPEG the pixel limit
-#: allows (draft mode decodes at 1/8 scale), 16-bit and palette PNGs up to 40 MP, and PNG/WebP/HEIF images held
-#: in 4 bytes per pixel up to about 32 MP; larger ones are refused (413) from their header.
+#: Predict's decode budget unless PLACEID_DECODE_BUDGET_MB says otherwise: with the worker's own ~120 MiB and the
+#: request bodies' budget it keeps a worker under 300 MiB (bench/hostile_bench.py). It admits every JPEG the pixel
+#: limit allows (draft mode decodes at 1/8 scale), 16-bit and palette PNGs up to 40 MP, and PNG/WebP/HEIF images
+#: held in 4 bytes per pixel up to about 32 MP; larger ones are refused (413) from their header.
 DEFAULT_BUDGET_BYTES = 128 * 2**20
 
 
@@ -103,19 +96,12 @@ def budget_bytes(max_pixels: int) -> int:
     return min(DEFAULT_BUDGET_BYTES, max(reduced, full))
 
 
-def _reduce_factor(image: Image.Image, size: int) -> int:
-    width, height = image.size
-    if image.format in (None, "JPEG") or width * height <= REDUCE_ABOVE_PIXELS:
-        return 1
-    return max(1, min(width, height) // (REDUCE_KEEP * size))
-
-
 def _prepare(image: Image.Image, size: int, opened: bool) -> np.ndarray:
     try:
-        factor = _reduce_factor(image, size)
+        factor = reduce_factor(image, REDUCE_KEEP * size)
         if factor > 1:
             source = image
-            image = _keep_orientation(_reduce_in_strips(source, factor), source)
+            image = keep_orientation(reduce_in_strips(source, factor), source)
             # Its full-size pixels go now, inside the reservation, even when the caller still holds the image
             # (Bundle reads its GPS afterwards): the EXIF is parsed first, and stays readable (getexif).
             source.close()
@@ -127,37 +113,3 @@ def _prepare(image: Image.Image, size: int, opened: bool) -> np.ndarray:
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"cannot decode image: {exc}") from None
     return np.asarray(square, dtype=np.uint8)
-
-
-def _reduce_in_strips(image: Image.Image, factor: int) -> Image.Image:
-    """``image.reduce(factor)`` (box average), converting modes Image.reduce cannot take first (16-bit to 8-bit
-    grey, the rest to RGB or RGBA), strip by strip: strips whose height is a multiple of ``factor`` give the
-    same pixels as reducing the whole, and no full-size converted copy is made."""
-    image.load()
-    if image.mode.startswith("I;16"):
-        image = high_bit_depth_to_grey(image)  # scaled by the whole image's range; 1 byte per pixel
-    width, height = image.size
-    rows = factor * max(1, STRIP_ROWS // factor)
-    out = None
-    for top in range(0, height, rows):
-        strip = image.crop((0, top, width, min(height, top + rows)))
-        if strip.mode not in _REDUCIBLE:
-            strip = strip.convert("RGBA" if strip.mode in ("PA", "P") and _has_alpha(strip) else "RGB")
-        small = strip.reduce(factor)
-        if out is None:
-            out = Image.new(small.mode, (-(-width // factor), -(-height // factor)))
-        out.paste(small, (0, top // factor))
-    return out
-
-
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode == "PA" or "transparency" in image.info
-
-
-def _keep_orientation(reduced: Image.Image, source: Image.Image) -> Image.Image:
-    """``reduced`` carrying ``source``'s EXIF (its orientation), which Image.reduce drops; parsing it here also
-    keeps ``source.getexif()`` answering once its pixels are released."""
-    exif = source.getexif()
-    if exif.get(0x0112, 1) not in (0, 1):
-        reduced.info["exif"] = exif.tobytes()
-    return reduced
