@@ -50,7 +50,7 @@ from bench.serving_bench import make_photos, newest_run, start_and_time, start_e
 from placeid.catalog import bundled_catalog_path, load_catalog, read_catalog  # noqa: E402
 from placeid.config import REPO_ROOT, Settings  # noqa: E402
 from placeid.registry import Registry  # noqa: E402
-from placeid.stack import function_argv  # noqa: E402
+from placeid.local.stack import function_argv  # noqa: E402
 from placeid.store import ensure_bucket, firestore_client  # noqa: E402
 from placeid_edge.bundle import Bundle  # noqa: E402
 

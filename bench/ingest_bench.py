@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import free_port, peak_rss_mib, percentile, save  # noqa: E402
 from placeid.catalog import bundled_catalog_path, load_catalog, read_catalog  # noqa: E402
-from placeid.cli import status_counts, wait_for_records  # noqa: E402
+from placeid.images import status_counts, wait_for_records  # noqa: E402
 from placeid.collect import upload_folder  # noqa: E402
 from placeid.config import Settings  # noqa: E402
 from placeid.hashing import hamming_distance  # noqa: E402
 from placeid.neardup import NearDuplicateIndex, band_keys  # noqa: E402
-from placeid.stack import LocalStack  # noqa: E402
+from placeid.local.stack import LocalStack  # noqa: E402
 from placeid.store import firestore_client  # noqa: E402
 
 console = Console()

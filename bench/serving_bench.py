@@ -36,7 +36,7 @@ from bench.machine import free_port, peak_rss_mib, percentile, save  # noqa: E40
 from placeid.catalog import bundled_catalog_path, load_catalog, read_catalog  # noqa: E402
 from placeid.config import REPO_ROOT, Settings  # noqa: E402
 from placeid.registry import Registry  # noqa: E402
-from placeid.stack import LocalStack, function_argv  # noqa: E402
+from placeid.local.stack import LocalStack, function_argv  # noqa: E402
 from placeid.store import ensure_bucket, firestore_client  # noqa: E402
 from placeid_edge.bundle import Bundle  # noqa: E402
 

@@ -20,13 +20,22 @@ from pathlib import PurePosixPath
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.storage.retry import DEFAULT_RETRY as STORAGE_RETRY
 from PIL import Image
 
 from placeid.catalog import PLACE_ID
 from placeid.config import Settings
 from placeid_edge.errors import InvalidImage, TooLarge, TransientError, UnsupportedMediaType
+from placeid.images import (
+    ACCEPTED,
+    DUPLICATE,
+    ERROR,
+    NEAR_DUPLICATE,
+    QUARANTINED,
+    REJECTED,
+    copy_bucket,
+    curated_path,
+)
 from placeid.hashing import WHASH_FLOAT_BYTES, WHASH_INTEGER_FROM_SCALE, HashValue, perceptual_hashes, sha256_hash
 from placeid_edge.imaging import (
     STRIP_BYTES,
@@ -59,14 +68,6 @@ from placeid.store import (
 )
 
 FINALIZED_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
-
-ACCEPTED = "accepted"
-DUPLICATE = "duplicate"
-NEAR_DUPLICATE = "near_duplicate"
-REJECTED = "rejected"
-QUARANTINED = "quarantined"
-ERROR = "error"  # an unexpected fault, or transient faults that outlasted max_event_age_s: see ``reason``
-STATUSES = (ACCEPTED, DUPLICATE, NEAR_DUPLICATE, REJECTED, QUARANTINED, ERROR)
 
 logger = get_logger("ingest")
 
@@ -102,16 +103,6 @@ class StoredObject:
     def record_id(self) -> str:
         """Deterministic id of this object generation's record: redelivery finds the same document."""
         return hashlib.sha256(f"{self.bucket}/{self.name}#{self.generation}".encode()).hexdigest()[:32]
-
-
-def accepted_images(db: firestore.Client):
-    """Query for the image records with status ``accepted`` (the curated training set)."""
-    return db.collection(IMAGES).where(filter=FieldFilter("status", "==", ACCEPTED))
-
-
-def curated_path(settings: Settings, place_id: str, image_id: str) -> str:
-    """Where the normalised copy of an accepted image lives in the bucket."""
-    return f"{settings.curated_prefix}{place_id}/{image_id}.jpg"
 
 
 def clip(text: str, limit: int = 80) -> str:
@@ -335,7 +326,7 @@ class Ingestor:
             del data  # from here on only the hashes and the small curated image are held
 
         place_id, label_source, problem = label_from(obj, self.settings)
-        if place_id and not problem and not self._place_exists(place_id):
+        if place_id and not problem and not self.place_exists(place_id):
             problem = f"unknown place id {place_id!r}"
         record.update(place_id=place_id, label_source=label_source)
 
@@ -375,7 +366,8 @@ class Ingestor:
             "updated_at": firestore.SERVER_TIMESTAMP,
         }
 
-    def _place_exists(self, place_id: str, ttl_s: float = 60.0) -> bool:
+    def place_exists(self, place_id: str, ttl_s: float = 60.0) -> bool:
+        """Whether the catalog has ``place_id`` (a known one is remembered for ``ttl_s``)."""
         if time.monotonic() - self._known_places.get(place_id, -ttl_s) < ttl_s:
             return True
         if not PLACE_ID.match(place_id):  # Firestore refuses some ids (``__x__``, long ones): never ask it
@@ -469,9 +461,13 @@ class Ingestor:
                 claims.document(f"pixels-{hashes['pixels_sha256']['hex']}"),
                 self.db.collection(FILENAME_CLAIMS).document(name_key))
 
-    def claim_and_index(self, txn: firestore.Transaction, record: dict, claim_file_name: bool) -> None:
-        """Within ``txn``: make ``record`` the owner of its content claims and add it to the near index."""
+    def claim_and_index(self, txn: firestore.Transaction, record: dict, claim_file_name: bool | None = None) -> None:
+        """Within ``txn``: make ``record`` the owner of its content claims and add it to the near index; its file
+        name too when ``claim_file_name`` (None: when no other image claims that name yet, read within ``txn``,
+        so before any write in it)."""
         file_claim_ref, pixel_claim_ref, name_claim_ref = self.claim_refs(record)
+        if claim_file_name is None:
+            claim_file_name = not name_claim_ref.get(transaction=txn).exists
         claim = {"image_id": record["image_id"], "place_id": record["place_id"],
                  "file_sha256": record["hashes"]["file_sha256"]["hex"]}
         txn.set(file_claim_ref, claim)
@@ -527,7 +523,7 @@ class Ingestor:
         mark it written."""
         path = record["curated"]["path"]
         jpeg = encode_curated_jpeg(rgb, self.settings.curated_max_side, self.settings.curated_jpeg_quality)
-        bucket = self.settings.curated_bucket or record["source"]["bucket"]
+        bucket = copy_bucket(self.settings, record)
         blob = self.gcs.bucket(bucket).blob(path)
         try:
             blob.upload_from_string(jpeg, content_type="image/jpeg", if_generation_match=0, **self.storage_options)

@@ -10,8 +10,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid_edge.errors import BadRequest, NotFound
-from placeid.ingest import ACCEPTED, NEAR_DUPLICATE, QUARANTINED, REJECTED, STATUSES, Ingestor, curated_path
-from placeid.store import IMAGES, curated_bucket
+from placeid.images import ACCEPTED, NEAR_DUPLICATE, QUARANTINED, REJECTED, STATUSES, curated_bucket, curated_path
+from placeid.ingest import Ingestor
+from placeid.store import IMAGES
 
 REVIEWABLE = (QUARANTINED, NEAR_DUPLICATE)
 
@@ -40,7 +41,7 @@ class Reviewer:
         return snap.to_dict()
 
     def _require_place(self, place_id: str) -> None:
-        if not self.ingestor._place_exists(place_id):
+        if not self.ingestor.place_exists(place_id):
             raise BadRequest(f"unknown place id {place_id!r}")
 
     @staticmethod
@@ -67,8 +68,7 @@ class Reviewer:
             current = ref.get(transaction=txn).to_dict()
             if current["status"] != record["status"]:
                 raise BadRequest(f"image {image_id} changed while reviewing (now {current['status']})")
-            name_claim = self.ingestor.claim_refs(accepted)[2].get(transaction=txn)
-            self.ingestor.claim_and_index(txn, accepted, claim_file_name=not name_claim.exists)
+            self.ingestor.claim_and_index(txn, accepted)
             txn.update(ref, {
                 "status": ACCEPTED, "reason": None, "duplicate_of": None, "place_id": place_id,
                 "label_source": "review" if place_id != record.get("place_id") else record.get("label_source"),

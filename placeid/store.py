@@ -104,9 +104,3 @@ def ensure_bucket(settings: Settings, name: str | None = None) -> storage.Bucket
         except gexc.Conflict:
             pass
     return bucket
-
-
-def curated_bucket(record: dict) -> str:
-    """The bucket holding an image record's curated copy (records written before it was stored: the source's)."""
-    curated = record.get("curated") or {}
-    return curated.get("bucket") or record["source"]["bucket"]

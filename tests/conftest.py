@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from placeid.config import Settings
-from placeid.stack import LocalStack
+from placeid.local.stack import LocalStack
 
 PROJECT = "placeid-test"
 BUCKET = "placeid-test-bucket"

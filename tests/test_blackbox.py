@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from placeid.stack import LocalStack
+from placeid.local.stack import LocalStack
 from tests.corpus import Case, build_cases
 from tests.serving import publish
 from tests.test_full_path import function_stack, records, wait_for  # noqa: F401 - fixture

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from placeid.cli import main
+from placeid_cli.main import main
 from placeid.config import REPO_ROOT
 from placeid.ingest import FINALIZED_EVENT_TYPE, Ingestor, StoredObject
-from placeid.stack import LocalStack
+from placeid.local.stack import LocalStack
 from tests.conftest import free_port
 from tests.events import upload
 
@@ -73,7 +73,7 @@ def test_commands_fail_within_seconds_when_the_stack_is_down(argv, service):
     ports = {name: str(free_port()) for name in ("PLACEID_FIRESTORE_PORT", "PLACEID_GCS_PORT", "PLACEID_PUBSUB_PORT")}
     env = dict(os.environ, PLACEID_TARGET="local", **ports)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "placeid.cli", *argv], env=env, cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "-m", "placeid_cli.main", *argv], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - started
     output = done.stdout + done.stderr

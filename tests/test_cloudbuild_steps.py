@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from placeid.config import REPO_ROOT
-from placeid.deploy import FUNCTIONS
+from placeid.local.deploy import FUNCTIONS
 
 #: Steps whose image is plain Python and which reach nothing outside the build (the others need Google Cloud or
 #: a Docker daemon; the test step is this suite itself).

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from google.cloud import pubsub_v1
 
-from placeid.stack import LocalStack, StackError
+from placeid.local.stack import LocalStack, StackError
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import hcl2
 import pytest
 import yaml
 
-from placeid.cli import build_parser
+from placeid_cli.main import build_parser
 from placeid.config import REPO_ROOT
-from placeid.deploy import FUNCTIONS, INDEXES_FILE, package_function, render_indexes, vendored_modules
+from placeid.local.deploy import FUNCTIONS, INDEXES_FILE, package_function, render_indexes, vendored_modules
 from placeid.store import COMPOSITE_INDEXES
 
 INFRA = REPO_ROOT / "infra"
@@ -196,7 +196,7 @@ def test_packaged_functions_vendor_what_they_import(packaged):
     assert {"main.py", "placeid/predict_http.py", "placeid/serving.py", "placeid_edge/bundle.py",
             "placeid_edge/runtime.py"} <= predict
     assert not any(name.startswith("training/") for name in predict)
-    assert "placeid/ingest.py" not in predict and "placeid/cli.py" not in predict
+    assert "placeid/ingest.py" not in predict and "placeid_cli/main.py" not in predict
     ingest = {p.relative_to(packaged / "ingest").as_posix() for p in (packaged / "ingest").rglob("*.py")}
     assert {"placeid/ingest.py", "placeid/neardup.py", "placeid_edge/imaging.py"} <= ingest
     assert "placeid/predict_http.py" not in ingest

@@ -82,7 +82,7 @@ def test_index_lookup_finds_only_within_distance(catalog, db, bucket, world30_ph
 
 
 def test_reindex_for_a_new_distance(catalog, db, bucket, world30_photos, monkeypatch, capsys):
-    from placeid.cli import main
+    from placeid_cli.main import main
     from placeid.config import Settings
 
     ingestor = Ingestor()

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from placeid.deploy import FUNCTIONS, package_function
+from placeid.local.deploy import FUNCTIONS, package_function
 from placeid.registry import Registry
-from placeid.stack import _http_ok
+from placeid.local.stack import _http_ok
 from tests.conftest import free_port
 from tests.events import FINALIZED, upload
 from tests.serving import publish

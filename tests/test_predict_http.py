@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from placeid.cli import main
+from placeid_cli.main import main
 from placeid.registry import Registry
-from placeid.stack import LocalStack
+from placeid.local.stack import LocalStack
 from tests.serving import publish
 
 REFRESH_S = 0.5

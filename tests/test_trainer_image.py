@@ -379,10 +379,10 @@ def test_dockerignore_keeps_the_context_small_and_free_of_secrets():
                  ".env", "infra/terraform.tfvars", "certs/server.key", "sa-key.json", "application_default_credentials.json"]:
         assert ignored(path, rules), f".dockerignore lets {path} into the build context"
     for path in ["pyproject.toml", "README.md", "edge/pyproject.toml", "edge/placeid_edge/__init__.py",
-                 "placeid/cli.py", "placeid/data/seoul12.json", "training/train.py", "training/requirements.txt"]:
+                 "placeid_cli/main.py", "placeid/data/seoul12.json", "training/train.py", "training/requirements.txt"]:
         assert not ignored(path, rules), f".dockerignore leaves out {path}, which the image needs"
     context = build_context()
-    assert "training/requirements.txt" in context and "placeid/cli.py" in context
+    assert "training/requirements.txt" in context and "placeid_cli/main.py" in context
 
 
 # -- the emulated image ------------------------------------------------------------------------------

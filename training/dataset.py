@@ -13,8 +13,7 @@ import numpy as np
 
 from placeid.hashing import PHash
 from placeid_edge.imaging import open_image, to_rgb
-from placeid.ingest import accepted_images
-from placeid.store import curated_bucket
+from placeid.images import accepted_images, curated_bucket
 
 SPLITS = ("train", "val", "test")
 

@@ -113,7 +113,7 @@ class LocalStack:
             return Service(name, function_argv(name, host, port), s.url(port) + "/",
                            "placeid" if name == "predict" else None, env={"PYTHONPATH": str(REPO_ROOT)})
         if name == "bridge":
-            return Service(name, [sys.executable, "-m", "placeid.bridge", "--target", s.url(s.ingest_port) + "/"],
+            return Service(name, [sys.executable, "-m", "placeid.local.bridge", "--target", s.url(s.ingest_port) + "/"],
                            "", env={"PYTHONPATH": str(REPO_ROOT)})
         raise StackError(f"unknown service {name!r}; known: {', '.join(self.SERVICES)}")
 

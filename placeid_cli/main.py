@@ -43,7 +43,7 @@ def _print_table(title: str, columns: list[str], rows: list[list]) -> None:
 # -- stack ----------------------------------------------------------------------------------------
 
 def cmd_stack(args) -> int:
-    from placeid.stack import LocalStack
+    from placeid.local.stack import LocalStack
 
     stack = LocalStack(_settings(args))
     if args.action == "up":
@@ -111,21 +111,6 @@ def cmd_collect(args) -> int:
 
 # -- images and review ----------------------------------------------------------------------------
 
-def status_counts(settings: Settings) -> Counter:
-    """Number of image records per status (every status, ``error`` included; zero counts too)."""
-    from placeid.ingest import STATUSES
-    from placeid.store import IMAGES, firestore_call_options, firestore_client
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    collection = firestore_client(settings.project).collection(IMAGES)
-    options = firestore_call_options(settings)  # bounded: an unreachable Firestore fails, it does not hang
-    counts = Counter()
-    for status in STATUSES:
-        result = collection.where(filter=FieldFilter("status", "==", status)).count().get(**options)
-        counts[status] = int(result[0][0].value)
-    return counts
-
-
 def print_summary(counts: Counter, title: str = "ingestion summary") -> None:
     total = sum(counts.values())
     _print_table(title, ["status", "images", "share"],
@@ -136,7 +121,7 @@ def cmd_images(args) -> int:
     settings = _settings(args)
     if args.action == "reindex":
         from placeid.neardup import rebuild_index
-        from placeid.ingest import accepted_images
+        from placeid.images import accepted_images
         from placeid.store import firestore_client
 
         db = firestore_client(settings.project)
@@ -146,6 +131,8 @@ def cmd_images(args) -> int:
         console.print(f"near-duplicate index rebuilt for distance {settings.near_dup_distance}: "
                       f"{len(accepted)} accepted images in {written} band documents")
         return 0
+    from placeid.images import status_counts
+
     print_summary(status_counts(settings), "images by status")
     return 0
 
@@ -284,24 +271,6 @@ def cmd_models(args) -> int:
 
 # -- demo -----------------------------------------------------------------------------------------
 
-def wait_for_records(settings: Settings, expected: int, timeout_s: float = 1800.0) -> Counter:
-    """Poll Firestore until ``expected`` image records exist, with a progress bar; returns counts by status."""
-    from tqdm import tqdm
-
-    from placeid.store import IMAGES, firestore_client
-
-    images = firestore_client(settings.project).collection(IMAGES)
-    deadline = time.monotonic() + timeout_s
-    with tqdm(total=expected, desc="ingest", unit="img") as bar:
-        while True:
-            done = int(images.count().get()[0][0].value)  # one aggregation a second: cheap on any backend
-            bar.update(done - bar.n)
-            if done >= expected or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
-    return status_counts(settings)
-
-
 def _photo_bytes(settings, source: str) -> bytes:
     """A local file, or a ``gs://BUCKET/OBJECT`` in the configured storage."""
     if source.startswith("gs://"):
@@ -344,7 +313,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_package(args) -> int:
-    from placeid.deploy import FUNCTIONS, package_function
+    from placeid.local.deploy import FUNCTIONS, package_function
 
     for name in args.functions or FUNCTIONS:
         folder = package_function(name, args.out)
@@ -355,7 +324,7 @@ def cmd_package(args) -> int:
 
 
 def cmd_infra(args) -> int:
-    from placeid.deploy import INDEXES_FILE, render_indexes
+    from placeid.local.deploy import INDEXES_FILE, render_indexes
 
     if not INDEXES_FILE.parent.is_dir():
         console.print(f"[red]{INDEXES_FILE.parent} does not exist:[/red] run `placeid infra` from the repository root")
@@ -386,7 +355,7 @@ def _held_out_photos(settings, run_dir: Path, count: int) -> list[tuple[str, str
 
 def cmd_demo(args) -> int:
     from placeid.collect import labelled_files, upload_folder
-    from placeid.stack import LocalStack
+    from placeid.local.stack import LocalStack
 
     settings = _settings(args)
     stack = LocalStack(settings)
@@ -402,6 +371,8 @@ def cmd_demo(args) -> int:
     console.print(f"collect: uploading {folder} to gs://{settings.bucket}/{settings.raw_prefix}")
     started = time.monotonic()
     report = upload_folder(settings, folder)
+    from placeid.images import wait_for_records
+
     counts = wait_for_records(settings, len(labelled_files(folder)))
     elapsed = time.monotonic() - started
     print_summary(counts)
