@@ -11,7 +11,7 @@ TOOLS_VENV  ?= .venv-tools
 TOOLS_STAMP = $(TOOLS_VENV)/.checkov-$(CHECKOV_VERSION)
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup browser demo test package stack-up stack-down stack-status bench clean
+.PHONY: setup browser demo test test-fast package stack-up stack-down stack-status bench clean
 
 # The training image's pins (training/requirements.txt) constrain the venv too: the suite runs what the image runs,
 # and a new upstream release cannot change it between runs.
@@ -47,6 +47,9 @@ demo: $(STAMP)  ## local stack up, catalog, ingest world30 with progress, summar
 
 test: $(STAMP) $(TFLITE_STAMP) $(TOOLS_STAMP) browser  ## the whole suite against the real emulators (and the edge package under both runtimes)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## seconds, while editing: the tests that need no emulator, Java, gcloud, trained model or slow subprocess
+	$(PY) -m pytest -q -m "not slow"
 
 package: $(STAMP)  ## each function's deployable folder and .zip in dist/ (what Terraform and Cloud Build deploy)
 	$(VENV)/bin/placeid package --out dist

@@ -31,7 +31,7 @@ GOALS = {"default_top1": 0.90, "int8_max_bytes": 4 * 2**20, "int8_agreement": 0.
          "landmarks_wrongly_rejected": 0.05, "train_seconds": 1200}
 
 CONFIGS = {"default": TrainConfig(), "fine_tuned": TrainConfig(fine_tune_epochs=10),
-           "paper": TrainConfig(model="paper", size=64)}
+           "paper": TrainConfig.for_model("paper")}
 
 
 def summarize(out_dir: Path, error: str | None) -> dict:

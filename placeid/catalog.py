@@ -114,8 +114,15 @@ def _geo(location: dict) -> tuple[firestore.GeoPoint, str]:
     return firestore.GeoPoint(lat, lng), pygeohash.encode(lat, lng, precision=GEOHASH_PRECISION)
 
 
+def site_id(site: dict) -> str:
+    """A real site's one document id, whichever places list it: its name and where it is (a geohash cell of about
+    150 m), e.g. ``four-seasons-hotel-seoul--wydm9qy``."""
+    return f"{_slug(site['name'])}--{site['geohash'][:7]}"
+
+
 def normalize_place(raw: dict, order: int) -> tuple[dict, list[tuple[str, dict]]]:
-    """Validate one catalog entry; returns the ``places`` document and the ``sites`` documents (id, doc)."""
+    """Validate one catalog entry; returns the ``places`` document (its ``nearby`` list: each site with its
+    distance from this place) and its sites as (site id, entry) pairs."""
     place_id = raw.get("place_id", "")
     if not PLACE_ID.match(place_id):
         raise BadRequest(f"invalid place_id {place_id!r}: lowercase letters, digits and '-' only")
@@ -139,7 +146,7 @@ def normalize_place(raw: dict, order: int) -> tuple[dict, list[tuple[str, dict]]
                                               site_point.latitude, site_point.longitude), 3),
         }
         nearby.append(site)
-        sites.append((f"{place_id}--{_slug(item['name'])}", site))
+        sites.append((site_id(site), site))
     nearby.sort(key=lambda site: site["distance_km"])  # nearest first, as answers list them
     place = {
         "place_id": place_id,
@@ -172,14 +179,18 @@ def bundled_catalog_path(name: str = "seoul12.json") -> Path:
 
 
 def load_catalog(db: firestore.Client, places: list[dict]) -> int:
-    """Upsert places and their nearby sites; re-running it is harmless. Returns the number of places."""
+    """Upsert places and their nearby sites; re-running it is harmless. Returns the number of places. A site
+    listed by several places is one ``sites`` document whose ``place_ids`` names them all."""
     normalized = [normalize_place(raw, order) for order, raw in enumerate(places)]
     batch, pending = db.batch(), 0
     for place, sites in normalized:
-        writes = [(db.collection(PLACES).document(place["place_id"]), place)]
-        writes += [(db.collection(SITES).document(site_id), site) for site_id, site in sites]
-        for ref, doc in writes:
-            batch.set(ref, doc)
+        writes = [(db.collection(PLACES).document(place["place_id"]), place, False)]
+        for key, site in sites:
+            shared = {k: v for k, v in site.items() if k not in ("place_id", "distance_km")}  # per place: not here
+            writes.append((db.collection(SITES).document(key),
+                           dict(shared, place_ids=firestore.ArrayUnion([place["place_id"]])), True))
+        for ref, doc, merge in writes:
+            batch.set(ref, doc, merge=merge)
             pending += 1
             if pending >= 400:
                 batch.commit()

@@ -20,6 +20,9 @@ def _is_checkout(path: Path) -> bool:
 REPO_ROOT = _SOURCE_DIR if _is_checkout(_SOURCE_DIR) else Path.cwd()
 
 
+#: The largest pHash Hamming distance a near-duplicate threshold can have (64-bit hashes; placeid.neardup).
+NEAR_DUP_MAX_DISTANCE = 63
+
 #: Settings field -> environment variable. Every setting can be set this way, and nowhere else.
 ENV_VARS = {
     "project": "GOOGLE_CLOUD_PROJECT",
@@ -62,6 +65,8 @@ ENV_VARS = {
     "body_budget_mb": "PLACEID_BODY_BUDGET_MB",
     "decode_wait_s": "PLACEID_DECODE_WAIT_S",
     "ingest_decode_wait_s": "PLACEID_INGEST_DECODE_WAIT_S",
+    "target": "PLACEID_TARGET",
+    "gcloud_sdk": "PLACEID_GCLOUD_SDK",
 }
 
 
@@ -89,7 +94,7 @@ class Settings:
     max_aspect_ratio: float = 10.0
     curated_max_side: int = 1024
     curated_jpeg_quality: int = 90
-    near_dup_distance: int = 8  # pHash Hamming distance
+    near_dup_distance: int = 8  # pHash Hamming distance (ingest's index, training's split groups)
     firestore_timeout_s: float = 30.0
     state_dir: Path = REPO_ROOT / ".placeid"  # local stack pids and logs
     host: str = "127.0.0.1"
@@ -125,6 +130,8 @@ class Settings:
     body_budget_mb: float = 0.0
     decode_wait_s: float = 10.0
     ingest_decode_wait_s: float = 60.0
+    target: str = "local"  # what the command line works on: "local" (the emulators) or "cloud" (Google Cloud)
+    gcloud_sdk: Path | None = None  # the Google Cloud SDK (the emulators); None = found from gcloud on PATH
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -151,9 +158,8 @@ class Settings:
 
     def validate(self) -> None:
         """Reject settings that cannot work, with a message naming the variable."""
-        if not 0 <= self.near_dup_distance <= 29:
-            # d + 1 band keys go into one array_contains_any query, which takes at most 30 values.
-            raise ValueError("PLACEID_NEAR_DUP_DISTANCE must be within 0..29")
+        if not 0 <= self.near_dup_distance <= NEAR_DUP_MAX_DISTANCE:
+            raise ValueError(f"PLACEID_NEAR_DUP_DISTANCE must be within 0..{NEAR_DUP_MAX_DISTANCE} (bits of a pHash)")
         if self.max_object_bytes <= 0 or self.max_pixels <= 0:
             raise ValueError("PLACEID_MAX_OBJECT_BYTES and PLACEID_MAX_PIXELS must be positive")
         if min(self.decode_budget_mb, self.body_budget_mb, self.decode_wait_s, self.ingest_decode_wait_s) < 0:
@@ -161,6 +167,8 @@ class Settings:
                              "PLACEID_INGEST_DECODE_WAIT_S must be >= 0")
         if self.max_event_age_s <= 0:
             raise ValueError("PLACEID_MAX_EVENT_AGE_S must be positive")
+        if self.target not in ("local", "cloud"):
+            raise ValueError("PLACEID_TARGET must be local or cloud")
         if self.curated_max_side < 64:
             raise ValueError("PLACEID_CURATED_MAX_SIDE must be at least 64")
         if not 1 <= self.curated_jpeg_quality <= 100:

@@ -36,7 +36,14 @@ from placeid.images import (
     copy_bucket,
     curated_path,
 )
-from placeid.hashing import WHASH_FLOAT_BYTES, WHASH_INTEGER_FROM_SCALE, HashValue, perceptual_hashes, sha256_hash
+from placeid.hashing import (
+    WHASH_FLOAT_BYTES,
+    WHASH_INTEGER_FROM_SCALE,
+    HashValue,
+    PHash,
+    perceptual_hashes,
+    sha256_hash,
+)
 from placeid_edge.imaging import (
     STRIP_BYTES,
     ValidationLimits,
@@ -205,6 +212,13 @@ def decode_and_hash(data: bytes, limits: ValidationLimits, keep_side: int) -> tu
     del rgb
     hashes.update({k: v.to_dict() for k, v in perceptual_hashes(grey).items()})
     return curated, dict(fields, hashes=hashes)
+
+
+def photo_phash(data: bytes, settings: Settings) -> str:
+    """The pHash ingest records for these bytes (same validation, EXIF orientation and working size): what offline
+    training groups near duplicates by, so that both group them alike."""
+    decoded = decode_image(data, ValidationLimits.from_settings(settings), keep_side=settings.curated_max_side)
+    return PHash().hash_image(decoded.rgb).hex
 
 
 def describe_failure(exc: BaseException, limit: int = 500) -> str:

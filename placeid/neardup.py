@@ -4,7 +4,7 @@ Multi-index hashing (a generalised pigeonhole): split the hash into k = d // 2 +
 Hamming distance d then differ by at most r = d // k bits (0 or 1) in at least one band. Each accepted image
 is stored under its k exact band keys, one document per band value (``near_bands/{key}``: image id -> hash).
 A lookup reads, in one ``get_all``, the documents of every band value within r bits of the new hash's bands
-(70 point reads for d = 8), whatever the collection size; only their members get the true distance checked.
+(69 point reads for d = 8), whatever the collection size; only their members get the true distance checked.
 Wide bands (13 bits for d = 8) keep those members few; the plain d + 1 bands of 7 bits would return
 ten times more candidates.
 
@@ -20,10 +20,11 @@ from itertools import combinations
 
 from google.cloud import firestore
 
+from placeid.config import NEAR_DUP_MAX_DISTANCE
 from placeid.hashing import hamming_distance
 from placeid.store import NEAR_BANDS
 
-HASH_BITS = 64
+HASH_BITS = NEAR_DUP_MAX_DISTANCE + 1
 _LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
 

@@ -25,7 +25,9 @@ console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes 
 
 def _settings(args) -> Settings:
     settings = Settings.from_env()
-    if getattr(args, "target", "local") == "local":
+    if getattr(args, "target", None) is None:
+        args.target = settings.target  # --target, else PLACEID_TARGET
+    if args.target == "local":
         # Point the Google Cloud clients at the local emulators; with --target cloud they use real services.
         os.environ.update(settings.emulator_env())
     return settings
@@ -73,9 +75,11 @@ def default_catalogs(settings: Settings) -> list[Path]:
 
 
 def cmd_catalog(args) -> int:
-    from placeid.catalog import load_catalog, places_within, read_catalog, sites_within
+    from placeid.catalog import SITE_KINDS, load_catalog, places_within, read_catalog, sites_within
     from placeid.store import firestore_client
 
+    if getattr(args, "kind", None) and args.kind not in SITE_KINDS:
+        return _fail(f"unknown site kind {args.kind!r}; known: {', '.join(SITE_KINDS)}")
     settings = _settings(args)
     db = firestore_client(settings.project)
     if args.action == "load":
@@ -167,24 +171,25 @@ def cmd_train(args) -> int:
     from placeid.store import firestore_client, storage_client
     from training.dataset import from_firestore, from_folder, load_negatives
     from placeid.registry import Registry
+    from training.models import BACKBONES
     from training.train import TrainConfig, TrainingFailed, default_weights, run_training
 
     settings = _settings(args)
-    config = TrainConfig(model=args.model, backbone=args.backbone, backbone_weights=args.backbone_weights,
-                         size=args.size or (64 if args.model == "paper" else TrainConfig.size), seed=args.seed,
-                         near_dup_distance=settings.near_dup_distance, min_int8_agreement=args.min_int8_agreement,
-                         no_flip_places=args.no_flip.split(",") if args.no_flip else [])
-    if args.mirror_below_margin is not None:
-        config.mirror_below_margin = args.mirror_below_margin
-    if args.min_int8_agreement < 0.99:
-        console.print(f"[yellow]parity gate lowered to {args.min_int8_agreement:.0%} int8/Keras agreement "
-                      "(the product requires 99%)[/yellow]")
-    if args.fast:  # a quick demo model: few epochs, small input
-        config.size, config.head_epochs, config.fine_tune_epochs, config.paper_epochs = (
-            args.size or (64 if args.model == "paper" else 96), 15, 0, 8)
-        config.augment_views = 1
-    if args.fine_tune_epochs is not None:
-        config.fine_tune_epochs = args.fine_tune_epochs
+    if args.backbone and args.backbone not in BACKBONES:
+        return _fail(f"unknown backbone {args.backbone!r}; known: {', '.join(BACKBONES)}")
+    config = TrainConfig.for_model(args.model, backbone=args.backbone, backbone_weights=args.backbone_weights,
+                                   seed=args.seed, near_dup_distance=settings.near_dup_distance,
+                                   min_int8_agreement=args.min_int8_agreement,
+                                   mirror_below_margin=args.mirror_below_margin,
+                                   fine_tune_epochs=args.fine_tune_epochs,
+                                   no_flip_places=args.no_flip.split(",") if args.no_flip else None)
+    if args.fast:
+        config = config.fast()
+    if args.size:
+        config.size = args.size
+    if config.min_int8_agreement < TrainConfig.min_int8_agreement:
+        console.print(f"[yellow]parity gate lowered to {config.min_int8_agreement:.0%} int8/Keras agreement "
+                      f"(the product requires {TrainConfig.min_int8_agreement:.0%})[/yellow]")
     places_filter = args.places.split(",") if args.places else None
     out_dir = Path(args.out) / time.strftime("%Y%m%dT%H%M%S")
     try:  # fail in seconds, not after the photos are loaded: missing weights, an unwritable output folder
@@ -400,8 +405,9 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="placeid", description=__doc__)
-    parser.add_argument("--target", choices=("local", "cloud"), default=os.environ.get("PLACEID_TARGET", "local"),
-                        help="local emulators (default) or real Google Cloud (ambient credentials)")
+    parser.add_argument("--target", choices=("local", "cloud"), default=None,
+                        help="local emulators or real Google Cloud (ambient credentials); default: PLACEID_TARGET, "
+                             "else local")
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="local emulators, ingest and predict functions, bridge")
@@ -416,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument("lat", type=float)
     near.add_argument("lng", type=float)
     near.add_argument("--radius-km", type=float, default=1.0)
-    near.add_argument("--kind", choices=("attraction", "restaurant", "lodging"))
+    near.add_argument("--kind", help="only sites of this kind (placeid.catalog.SITE_KINDS)")
     near.add_argument("--places", action="store_true", help="search places instead of nearby sites")
     catalog.set_defaults(func=cmd_catalog)
 
@@ -461,13 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model (Firestore + bucket by default, or --folder)")
     train.add_argument("--model", choices=("mobilenet", "paper"), default="mobilenet")
-    train.add_argument("--backbone", default="mobilenet_v2_1.0",
-                       choices=("mobilenet_v2_1.0", "mobilenet_v2_0.35", "mobilenet_v1_0.25"))
+    # Defaults of the options below are training.train.TrainConfig's (None here: not set on the command line).
+    train.add_argument("--backbone", help="ImageNet backbone of the transfer model (training.models.BACKBONES)")
     train.add_argument("--backbone-weights", help="weights file, or 'imagenet' where the internet is reachable")
-    train.add_argument("--size", type=int, help="input size (default 256; 64 for the paper's CNN)")
+    train.add_argument("--size", type=int, help="input size (default: TrainConfig's, the paper's CNN its own)")
     train.add_argument("--fine-tune-epochs", type=int,
                        help="epochs of fine-tuning the top of the backbone after the head (default: TrainConfig's)")
-    train.add_argument("--fast", action="store_true", help="a quick model for demos and smoke tests")
+    train.add_argument("--fast", action="store_true", help="a quick model for demos and smoke tests (TrainConfig.fast)")
     train.add_argument("--folder", type=Path, help="train offline from FOLDER/<place_id>/*")
     train.add_argument("--manifest", type=Path, help="manifest.jsonl of file,place_id rows (with --folder)")
     train.add_argument("--catalog", type=Path, help="places.json for the bundle's snapshot (with --folder; default: FOLDER/../places.json)")
@@ -478,10 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "asymmetric facades); any of them also turns the mirror pass off")
     train.add_argument("--mirror-below-margin", type=float,
                        help="answers whose top-1 - top-2 margin is below this are averaged with the mirror "
-                            "image's (0 = never; default 0.5, TrainConfig)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--min-int8-agreement", type=float, default=0.99,
-                       help="parity gate: least int8/Keras top-1 agreement on the test split (default 0.99)")
+                            "image's (0 = never; default: TrainConfig's)")
+    train.add_argument("--seed", type=int, help="random seed (default: TrainConfig's)")
+    train.add_argument("--min-int8-agreement", type=float,
+                       help="parity gate: least int8/Keras top-1 agreement on the test split (default: TrainConfig's)")
     train.add_argument("--out", default="runs", help="folder for run outputs")
     train.add_argument("--register", action="store_true", help="upload the bundle and record it")
     train.add_argument("--promote", action="store_true", help="register, then point serving at it")
@@ -560,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except ValueError as exc:  # a variable that cannot be parsed or cannot work; the message names it
         return _fail(str(exc))
+    if args.target is None:
+        args.target = settings.target  # --target, else PLACEID_TARGET
     try:
         if args.target == "local":
             problem = unreachable_emulator(settings, emulators_needed(args))

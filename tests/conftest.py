@@ -124,6 +124,8 @@ SERVING_PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]
 def small_bundle(tmp_path_factory, data_dir) -> Path:
     """A real model bundle, trained once per session from a few world30 photos of four places (96 px,
     head only) with its unknown-place rule calibrated on real negatives: what the serving tests serve."""
+    from dataclasses import replace
+
     from placeid.catalog import catalog_snapshot, read_catalog
     from training.dataset import from_folder, load_negatives
     from training.train import TrainConfig, default_weights, run_training
@@ -132,8 +134,8 @@ def small_bundle(tmp_path_factory, data_dir) -> Path:
     examples = from_folder(data_dir / "world30" / "images", limit_per_place=16, places=SERVING_PLACES)
     negatives = load_negatives(data_dir / "negatives" / "images")[:60]
     places = catalog_snapshot(read_catalog(data_dir / "world30" / "places.json"))
-    config = TrainConfig(size=96, head_epochs=8, fine_tune_epochs=0, augment_views=1, batch_size=16,
-                         representative_count=40, show_progress=False, min_int8_agreement=0.6)
+    config = replace(TrainConfig().fast(), head_epochs=8, batch_size=16, representative_count=40,
+                     show_progress=False, min_int8_agreement=0.6)
     run_training(config, examples, negatives, places, run_dir, default_weights(config, Settings.from_env().weights_dir))
     return run_dir
 
@@ -145,3 +147,27 @@ def held_out_photos(small_bundle) -> list[tuple[Path, str]]:
 
     split = json.loads((small_bundle / "split.json").read_text())
     return [(Path(e["source"]), e["label"]) for e in split["examples"] if e["split"] == "test"]
+
+
+# -- test tiers --------------------------------------------------------------------------------------
+# `make test-fast` runs `pytest -m "not slow"`: the tests that need no emulator, no Java, no gcloud and no trained
+# model. A test is `slow` when its fixture closure (every fixture it uses, directly or through other fixtures,
+# the test modules' own included: settings, db, bucket, catalog, held_out_photos, ...) reaches one of these:
+SLOW_FIXTURES = {
+    "emulators": "starts the Firestore and Pub/Sub emulators (Java, gcloud) and fake-gcs-server",
+    "small_bundle": "trains a model (TensorFlow)",
+}
+# Tests that are slow for another reason (gcloud, terraform, checkov, a fresh venv, the emulated trainer image,
+# headless Chromium) carry an explicit @pytest.mark.slow or a module-level `pytestmark = pytest.mark.slow`.
+
+
+def slow_fixtures(item: pytest.Item) -> list[str]:
+    """The fixtures of SLOW_FIXTURES that ``item`` uses, directly or through other fixtures."""
+    return sorted(set(getattr(item, "fixturenames", ())) & SLOW_FIXTURES.keys())
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if slow_fixtures(item):
+            item.add_marker(pytest.mark.slow)

@@ -51,15 +51,15 @@ def test_world30_catalog_loads_the_same_way(db, data_dir):
 
 def test_distance_queries_match_brute_force(catalog):
     db = catalog
-    all_sites = [s.to_dict() for s in db.collection("sites").stream()]
+    all_sites = list(db.collection("sites").stream())
     rng = random.Random(7)
     queries = [(37.5663, 126.9779, 0.5), (37.5126, 127.1025, 1.0), (37.55, 126.98, 3.0), (48.8584, 2.2945, 2.0)]
     queries += [(rng.uniform(37.50, 37.58), rng.uniform(126.93, 127.13), rng.uniform(0.2, 4)) for _ in range(6)]
     for lat, lng, radius in queries:
         hits = sites_within(db, lat, lng, radius)
-        expected = {s["name"] + s["place_id"] for s in all_sites
-                    if haversine_km(lat, lng, s["location"].latitude, s["location"].longitude) <= radius}
-        assert {h.data["name"] + h.data["place_id"] for h in hits} == expected, (lat, lng, radius)
+        expected = {s.id for s in all_sites
+                    if haversine_km(lat, lng, s.get("location").latitude, s.get("location").longitude) <= radius}
+        assert {h.id for h in hits} == expected, (lat, lng, radius)
         assert [h.distance_km for h in hits] == sorted(h.distance_km for h in hits)
     restaurants = sites_within(db, 37.5663, 126.9779, 2.0, kind="restaurant")
     assert restaurants and all(h.data["kind"] == "restaurant" for h in restaurants)
@@ -87,3 +87,19 @@ def test_nearby_sites_are_listed_nearest_first(catalog):
     for place in places:
         distances = [site["distance_km"] for site in place["nearby"]]
         assert distances == sorted(distances), place["place_id"]
+
+
+def test_a_site_near_several_places_is_one_document_linked_to_them(catalog):
+    """Four Seasons Hotel Seoul is near three of the paper's places: one document, linked to all three, listed
+    once by a distance query around Seoul City Hall; each place still lists it with its own distance."""
+    db = catalog
+    hotels = [s for s in db.collection("sites").stream() if s.get("name") == "Four Seasons Hotel Seoul"]
+    assert len(hotels) == 1
+    assert set(hotels[0].get("place_ids")) == {"yi-sun-shin-statue", "king-sejong-statue", "geunjeongjeon"}
+    hits = [h for h in sites_within(db, 37.5663, 126.9779, 1.0) if h.data["name"] == "Four Seasons Hotel Seoul"]
+    assert len(hits) == 1
+    distances = {p.id: next(s["distance_km"] for s in p.get("nearby") if s["name"] == "Four Seasons Hotel Seoul")
+                 for p in db.collection("places").stream() if p.id in hotels[0].get("place_ids")}
+    assert len(distances) == 3 and len(set(distances.values())) > 1
+    names = [s.get("name") for s in db.collection("sites").stream()]
+    assert len(names) == len(set(names))  # no real site stored twice (world30's Livraria Lello too)

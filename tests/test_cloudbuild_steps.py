@@ -17,6 +17,8 @@ import yaml
 from placeid.config import REPO_ROOT
 from placeid.local.deploy import FUNCTIONS
 
+pytestmark = pytest.mark.slow  # a fresh venv, pip install and the build steps as subprocesses
+
 #: Steps whose image is plain Python and which reach nothing outside the build (the others need Google Cloud or
 #: a Docker daemon; the test step is this suite itself).
 LOCAL_STEPS = ("lint", "package")

@@ -84,11 +84,12 @@ def test_firestore_outage_is_retried_until_it_recovers(function_stack, emulators
 
 
 def test_missing_java_or_gcloud_is_a_clear_error(stack_settings, scratch_dir, monkeypatch):
-    stack = LocalStack(dataclasses.replace(stack_settings, state_dir=scratch_dir, firestore_port=1))
-    monkeypatch.setenv("PLACEID_GCLOUD_SDK", str(scratch_dir / "no-sdk"))
+    """The SDK comes from PLACEID_GCLOUD_SDK (Settings.gcloud_sdk), else from gcloud on PATH."""
+    settings = dataclasses.replace(stack_settings, state_dir=scratch_dir, firestore_port=1, gcloud_sdk=None)
+    stack = LocalStack(dataclasses.replace(settings, gcloud_sdk=scratch_dir / "no-sdk"))
     with pytest.raises(StackError, match="Firestore emulator not found"):
         stack.start("firestore")
-    monkeypatch.delenv("PLACEID_GCLOUD_SDK")
+    stack = LocalStack(settings)
     monkeypatch.setenv("PATH", str(scratch_dir))
     with pytest.raises(StackError, match="gcloud is not installed"):
         stack.start("firestore")
@@ -96,6 +97,6 @@ def test_missing_java_or_gcloud_is_a_clear_error(stack_settings, scratch_dir, mo
     binary = sdk / "platform" / "cloud-firestore-emulator" / "cloud_firestore_emulator"
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\n")
-    monkeypatch.setenv("PLACEID_GCLOUD_SDK", str(sdk))
+    stack = LocalStack(dataclasses.replace(settings, gcloud_sdk=sdk))
     with pytest.raises(StackError, match="java is not installed"):
         stack.start("firestore")

@@ -402,6 +402,7 @@ def gcloud_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Outcomes:
 # --------------------------------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow  # runs the gcloud CLI
 @pytest.mark.parametrize("command", COMMANDS, ids=[command.id for command in COMMANDS])
 def test_gcloud_accepts_the_command_line(command: Command, gcloud_outcomes: Outcomes) -> None:
     if command.problem:
@@ -442,6 +443,7 @@ def test_shell_text_is_cut_into_gcloud_commands() -> None:
         cloud_build_substitute("${_UNKNOWN}", values.__getitem__)
 
 
+@pytest.mark.slow  # runs the gcloud CLI
 @pytest.mark.parametrize("bad_word", SELF_TEST_USAGE_ERRORS, ids=["unknown flag", "unknown command group"])
 def test_the_checker_rejects_a_usage_error(bad_word: str, gcloud_outcomes: Outcomes) -> None:
     outcome = gcloud_outcomes[SELF_TEST_USAGE_ERRORS[bad_word]]
@@ -449,6 +451,7 @@ def test_the_checker_rejects_a_usage_error(bad_word: str, gcloud_outcomes: Outco
     assert bad_word in outcome.stderr
 
 
+@pytest.mark.slow  # runs the gcloud CLI
 def test_the_checker_accepts_a_valid_command(gcloud_outcomes: Outcomes) -> None:
     outcome = gcloud_outcomes[SELF_TEST_VALID]
     assert verdict(outcome) == "", outcome.stderr

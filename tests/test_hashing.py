@@ -3,6 +3,7 @@ silently splits the duplicate index in two."""
 
 from __future__ import annotations
 
+import io
 import random
 
 import pytest
@@ -77,3 +78,22 @@ def test_band_keys_reject_wrong_sizes():
         band_keys("ff", 4)
     with pytest.raises(ValueError):
         band_keys("0" * 16, 64)
+
+
+def test_training_from_a_folder_hashes_photos_as_ingest_does(data_dir):
+    """One hashing path: an EXIF-rotated photo read from a folder gets the pHash ingest records for it (oriented
+    pixels, not the stored ones), so offline training and ingest group near duplicates alike."""
+    from placeid.config import Settings
+    from placeid.ingest import decode_and_hash
+    from placeid_edge.imaging import ValidationLimits
+    from training.dataset import _phash
+
+    image = Image.open(data_dir / PINNED_PHOTO)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95, exif=exif.tobytes())
+    data = out.getvalue()
+    _, fields = decode_and_hash(data, ValidationLimits(), Settings().curated_max_side)
+    assert _phash(data) == fields["hashes"]["phash"]["hex"]
+    assert hamming_distance(_phash(data), PHash().hash_image(image).hex) > 8  # the stored pixels' hash differs

@@ -45,6 +45,7 @@ def parsed() -> dict[str, dict]:
     return {path.name: _plain(hcl2.loads(path.read_text())) for path in terraform_files()}
 
 
+@pytest.mark.slow  # terraform
 def test_terraform_fmt():
     terraform = shutil.which("terraform")
     if not terraform:
@@ -116,6 +117,7 @@ def test_firestore_indexes_are_generated_from_the_code():
     assert generated["google_firestore_field"]["near_bands_members"]["index_config"] == {}
 
 
+@pytest.mark.slow  # checkov
 def test_checkov_passes_with_reasons_for_every_skip():
     checkov = TOOLS_VENV / "bin" / "checkov"
     if not checkov.exists():
@@ -491,6 +493,7 @@ def test_function_sizing_covers_the_benchmarked_peaks():
         assert sizing["concurrency"] == 1 or float(sizing["cpu"]) >= 1
 
 
+@pytest.mark.slow  # runs the gcloud CLI
 def test_cloudbuild_runs_the_gcloud_the_tests_parse_its_lines_with():
     """tests/test_gcloud_commands.py parses the build's gcloud lines with the CLI installed here: the build's
     images must carry that same release, or a flag it lacks would pass here and fail in the build."""

@@ -116,6 +116,7 @@ def browser():
     driver.quit()
 
 
+@pytest.mark.slow  # headless Chromium
 def test_page_in_headless_chromium(predict_server, browser, db, bucket, small_bundle, scratch_dir, held_out_photos):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions

@@ -614,6 +614,7 @@ def image():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow  # the emulated image: a venv, pip, training
 def test_image_runs_the_cli_as_its_user_with_root_owned_code(image):
     assert image.entrypoint[:3] == ["placeid", "--target", "cloud"] and image.cmd[:1] == ["train"], (
         image.entrypoint, image.cmd)
@@ -638,6 +639,7 @@ def _train_args(image: EmulatedImage, limit: int = 6) -> list[str]:
             "--limit-per-place", str(limit), "--places", TRAIN_PLACES, "--min-int8-agreement", "0.5"]
 
 
+@pytest.mark.slow  # the emulated image: a venv, pip, training
 def test_image_trains_as_its_user_into_its_workdir(image):
     before = set((image.workdir / "runs").glob("*"))
     done, seconds = image.run_as_user(image.entrypoint + _train_args(image), timeout=400)
@@ -655,6 +657,7 @@ def test_image_trains_as_its_user_into_its_workdir(image):
     assert json.loads((run / "manifest.json").read_text())["model_file"] == "model_int8.tflite"
 
 
+@pytest.mark.slow  # the emulated image: a venv, pip, training
 def test_image_fails_fast_without_backbone_weights(image):
     empty = image.path("/empty-weights")
     empty.mkdir(mode=0o555, exist_ok=True)
@@ -665,6 +668,7 @@ def test_image_fails_fast_without_backbone_weights(image):
     assert seconds < 30, f"took {seconds:.0f} s to notice the missing weights"
 
 
+@pytest.mark.slow  # the emulated image: a venv, pip, training
 def test_image_user_cannot_train_in_a_root_owned_workdir(image):
     """What `WORKDIR /app` (root-owned) did to the job: it fails at once, so the WORKDIR's owner matters."""
     read_only = image.path("/app")

@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,10 +29,10 @@ PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]
 def small_config(**overrides) -> TrainConfig:
     # A model this small and briefly trained has low-margin predictions, and its int8 conversion flips some of
     # them (on 8 test photos one flip is 12.5 %): the gate is lowered here, and its failure path is tested below.
-    values = dict(size=96, head_epochs=6, fine_tune_epochs=1, augment_views=1, batch_size=16,
-                  representative_count=40, show_progress=False, min_int8_agreement=0.6)
+    values = dict(head_epochs=6, fine_tune_epochs=1, batch_size=16, representative_count=40, show_progress=False,
+                  min_int8_agreement=0.6)
     values.update(overrides)
-    return TrainConfig(**values)
+    return replace(TrainConfig().fast(), **values)
 
 
 @pytest.fixture

@@ -213,3 +213,21 @@ def test_fine_tuning_starts_at_a_layer_the_backbone_has():
     assert trainable == sum(layer.trainable for layer in built.backbone.layers) > 0
     assert not built.backbone.get_layer("block_15_expand").trainable
     assert not any(layer.trainable for layer in built.backbone.layers if "_BN" in layer.name or "bn" in layer.name)
+
+
+def test_train_config_is_the_one_source_of_training_defaults():
+    """The command line, the benchmarks and the tests start from TrainConfig: the paper's size, the fast preset
+    and the near-duplicate distance come from one place, and the command line restates none of them."""
+    from placeid.config import REPO_ROOT, Settings
+    from training.train import TrainConfig
+
+    assert TrainConfig.for_model("paper").size == TrainConfig.PAPER_SIZE
+    assert TrainConfig.for_model("paper", seed=None).seed == TrainConfig.seed  # unset options keep the default
+    fast = TrainConfig().fast()
+    assert (fast.size, fast.fine_tune_epochs, fast.augment_views) == (TrainConfig.FAST_SIZE, 0, 1)
+    assert fast.head_epochs < TrainConfig.head_epochs
+    assert TrainConfig.for_model("paper").fast().size == TrainConfig.PAPER_SIZE
+    assert TrainConfig().near_dup_distance == Settings().near_dup_distance
+    cli = (REPO_ROOT / "placeid_cli" / "main.py").read_text()
+    for literal in (f"{TrainConfig.min_int8_agreement}", f"default={TrainConfig.size}", "(64 if", "96)"):
+        assert literal not in cli, literal

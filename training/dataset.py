@@ -7,12 +7,13 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from placeid.hashing import PHash
-from placeid_edge.imaging import open_image, to_rgb
+from placeid.config import Settings
+from placeid.ingest import photo_phash
 from placeid.images import accepted_images, curated_bucket
 
 SPLITS = ("train", "val", "test")
@@ -37,7 +38,13 @@ class Example:
 
 
 def _phash(data: bytes) -> str:
-    return PHash().hash_image(to_rgb(open_image(data))).hex
+    """Ingest's pHash of a photo read from a folder: the two group near duplicates alike."""
+    return photo_phash(data, _settings())
+
+
+@lru_cache(maxsize=1)
+def _settings() -> Settings:
+    return Settings.from_env()
 
 
 def _first_per_place(items: list, place_of, limit: int | None) -> list:
@@ -119,7 +126,7 @@ def _group_digest(members: list[Example], prefix: str = "") -> str:
 
 
 def split_examples(examples: list[Example], seed: int = 0, fractions=(0.7, 0.15, 0.15),
-                   distance: int = 8) -> None:
+                   distance: int = Settings.near_dup_distance) -> None:
     """Deterministic, stratified by place, group-aware: a near-duplicate group never crosses splits.
 
     Within each place, groups are ordered by a seeded hash of their smallest content hash, then dealt
@@ -146,7 +153,7 @@ def split_examples(examples: list[Example], seed: int = 0, fractions=(0.7, 0.15,
                 member.split = split
 
 
-def fold_of_each(examples: list[Example], folds: int, distance: int = 8) -> np.ndarray:
+def fold_of_each(examples: list[Example], folds: int, distance: int = Settings.near_dup_distance) -> np.ndarray:
     """Each example's cross-fitting fold (0 .. folds - 1), by content: near-duplicates share a fold."""
     group_near_duplicates(examples, distance)
     groups: dict[int, list[Example]] = defaultdict(list)

@@ -7,9 +7,10 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,6 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from placeid.config import Settings  # noqa: E402
 from placeid_edge.preprocess import PREPROCESSING, prepare_image  # noqa: E402
 from placeid_edge.bundle import PROTOTYPES_FILE  # noqa: E402
 from placeid_edge.rejection import FEATURE_RULES, apply_rejection  # noqa: E402
@@ -36,6 +38,13 @@ class TrainingFailed(RuntimeError):
 
 @dataclass
 class TrainConfig:
+    """Every training default, in one place: the command line, the benchmarks and the tests start from these
+    (``for_model`` for the paper's CNN, ``fast()`` for a quick demo or test model) and change only what they set."""
+
+    #: The paper's from-scratch CNN reads 64 x 64 photos; the fast preset's transfer model 96 x 96.
+    PAPER_SIZE: ClassVar[int] = 64
+    FAST_SIZE: ClassVar[int] = 96
+
     model: str = "mobilenet"  # or "paper"
     backbone: str = "mobilenet_v2_1.0"
     backbone_weights: str | None = None  # a file, "imagenet", or None (from PLACEID_WEIGHTS)
@@ -60,7 +69,7 @@ class TrainConfig:
     flip: bool = True  # horizontal flips ...
     no_flip_places: list[str] = field(default_factory=list)  # ... except for these (text, asymmetric facades)
     seed: int = 0
-    near_dup_distance: int = 8
+    near_dup_distance: int = Settings.near_dup_distance
     target_false_accept: float = 0.10
     rejection_folds: int = 10  # cross-fitting folds that measure the unknown-place rule on unseen negatives
     prototypes_per_place: int = 5  # k-means centres of each place's features, for the prototype rules
@@ -68,6 +77,21 @@ class TrainConfig:
     representative_count: int = 500
     patience: int = 5
     show_progress: bool = True
+
+    @classmethod
+    def for_model(cls, model: str = "mobilenet", **overrides) -> "TrainConfig":
+        """The defaults for ``model`` (the paper's CNN at PAPER_SIZE), with ``overrides`` (None values ignored)."""
+        values = {key: value for key, value in overrides.items() if value is not None}
+        if model == "paper":
+            values.setdefault("size", cls.PAPER_SIZE)
+        return cls(model=model, **values)
+
+    def fast(self) -> "TrainConfig":
+        """This configuration as a quick model for demos and smoke tests: 15 head epochs (8 for the paper's CNN),
+        no fine-tuning, one augmented view, and FAST_SIZE input for the transfer model (the paper's CNN keeps its
+        size). Accuracy is not its point: `make demo` and the tests train it in a minute or two."""
+        size = self.size if self.model == "paper" else self.FAST_SIZE
+        return replace(self, size=size, head_epochs=15, fine_tune_epochs=0, paper_epochs=8, augment_views=1)
 
 
 def augment(image: tf.Tensor, size: int, flip) -> tf.Tensor:
@@ -208,11 +232,59 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: lis
     return built.model, shipped, history
 
 
+@dataclass
+class PreparedPhotos:
+    """The photos of one run, split and preprocessed: what every later step reads."""
+
+    labels: list[str]
+    parts: dict[str, list[Example]]  # split name -> its examples
+    arrays: dict[str, np.ndarray]  # split name -> (n, size, size, 3) uint8
+    targets: dict[str, np.ndarray]  # split name -> label indices
+    negatives: np.ndarray | None  # the no-landmark photos, preprocessed alike
+
+
+@dataclass
+class ShippedModel:
+    """The int8 model that ships, and its answers (probabilities, features) on the photos that measure it."""
+
+    runner: TFLiteModel
+    probs: dict[str, np.ndarray]
+    features: dict[str, np.ndarray | None]
+
+
 def run_training(config: TrainConfig, examples: list[Example], negatives: list[Example], places: list[dict],
                  out_dir: Path, weights_path: str | Path | None = None) -> dict:
     """Train, convert, measure and write one run folder; returns the manifest. Raises TrainingFailed."""
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
+    photos = prepare_photos(config, examples, negatives)
+    model, shipped, history = train_model(config, photos.arrays["train"], photos.targets["train"],
+                                          photos.arrays["val"], photos.targets["val"], photos.labels, weights_path,
+                                          out_dir / "tensorboard")
+    train_seconds = time.monotonic() - started
+    mirror = effective_mirror_margin(config, photos.labels)
+    tflite_files = export_models(config, model, shipped, photos, mirror, out_dir)
+    metrics, int8 = measure_models(model, tflite_files, photos, mirror)
+    rule, metrics["unknown_place"] = calibrate_unknown_place(config, photos, int8, negatives, mirror, out_dir)
+    if metrics["unknown_place"] is None:
+        del metrics["unknown_place"]
+    metrics["model_bytes"] = {**{name: path.stat().st_size for name, path in tflite_files.items()},
+                              "keras_float32_params": int(model.count_params()),
+                              "keras_float32_bytes": int(model.count_params()) * 4}
+    metrics["train_seconds"] = round(train_seconds, 1)
+    metrics["total_seconds"] = round(time.monotonic() - started, 1)
+    metrics["split_counts"] = {name: len(part) for name, part in photos.parts.items()}
+    write_run_outputs(config, photos, examples, metrics, history, out_dir)
+
+    agreement = metrics["int8_keras_top1_agreement"]
+    if agreement < config.min_int8_agreement:
+        raise TrainingFailed(f"int8 TFLite agrees with Keras on {agreement:.2%} of the test photos, "
+                             f"below the required {config.min_int8_agreement:.0%}: not producing a model")
+    return write_manifest(config, examples, places, photos.labels, rule, mirror, metrics, out_dir)
+
+
+def prepare_photos(config: TrainConfig, examples: list[Example], negatives: list[Example]) -> PreparedPhotos:
+    """Split the examples (group-aware, deterministic) and preprocess every split and the negatives."""
     split_examples(examples, seed=config.seed, distance=config.near_dup_distance)
     labels = sorted({e.label for e in examples})
     index = {label: i for i, label in enumerate(labels)}
@@ -221,90 +293,99 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
         raise TrainingFailed(f"a split is empty: { {k: len(v) for k, v in parts.items()} }")
     arrays = {name: preprocess_all(part, config.size, config.show_progress) for name, part in parts.items()}
     targets = {name: np.array([index[e.label] for e in part]) for name, part in parts.items()}
-    neg_images = preprocess_all(negatives, config.size, config.show_progress) if negatives else None
+    negative_arrays = preprocess_all(negatives, config.size, config.show_progress) if negatives else None
+    return PreparedPhotos(labels, parts, arrays, targets, negative_arrays)
 
-    model, shipped, history = train_model(config, arrays["train"], targets["train"], arrays["val"], targets["val"],
-                                 labels, weights_path, out_dir / "tensorboard")
-    train_seconds = time.monotonic() - started
 
-    mirror = effective_mirror_margin(config, labels)
-    export_saved_model(model, labels, config.size, out_dir / "saved_model", mirror)
-    representative = representative_images(arrays["train"], config)
+def export_models(config: TrainConfig, model, shipped, photos: PreparedPhotos, mirror: float,
+                  out_dir: Path) -> dict[str, Path]:
+    """The SavedModel and the float16 and int8 TFLite models in ``out_dir``; returns the TFLite files."""
+    export_saved_model(model, photos.labels, config.size, out_dir / "saved_model", mirror)
+    representative = representative_images(photos.arrays["train"], config)
     tflite_files = {"float16": out_dir / "model_float16.tflite", "int8": out_dir / "model_int8.tflite"}
     for quantization, path in tflite_files.items():
         path.write_bytes(to_tflite(shipped, quantization, representative))
+    return tflite_files
 
-    # Each model on the test photos; the int8 model (the one that ships) also on what calibrates its rule.
-    # All of them answer as the bundle will: unsure photos averaged with their mirror image.
+
+def measure_models(model, tflite_files: dict[str, Path], photos: PreparedPhotos,
+                   mirror: float) -> tuple[dict, ShippedModel]:
+    """Each model on the test photos, and the int8 model (the one that ships) also on what calibrates its rule;
+    all of them answer as the bundle will (unsure photos averaged with their mirror image). Returns the
+    metrics (with the int8/Keras top-1 agreement) and the shipped model's answers."""
+    arrays, labels = photos.arrays, photos.labels
+
     def keras_run(images: np.ndarray) -> tuple[np.ndarray, None]:
         return model.predict(images.astype(np.float32), batch_size=64, verbose=0), None
 
     keras_test = run_with_mirror(keras_run, arrays["test"], mirror)[0]
     runners = {quantization: TFLiteModel(path, num_classes=len(labels)) for quantization, path in tflite_files.items()}
-    int8 = runners["int8"]
-    int8_probs, int8_features = {}, {}
-    for name, images in (("test", arrays["test"]), ("val", arrays["val"]), ("negatives", neg_images)):
+    int8 = ShippedModel(runners["int8"], {}, {})
+    for name, images in (("test", arrays["test"]), ("val", arrays["val"]), ("negatives", photos.negatives)):
         if images is not None:
-            int8_probs[name], int8_features[name] = run_with_mirror(int8.run, images, mirror)
+            int8.probs[name], int8.features[name] = run_with_mirror(int8.runner.run, images, mirror)
     test_probs = {"keras": keras_test,
                   "tflite_float16": run_with_mirror(runners["float16"].run, arrays["test"], mirror)[0],
-                  "tflite_int8": int8_probs["test"]}
-    metrics = {name: evaluate.classification_metrics(probs, targets["test"], labels)
+                  "tflite_int8": int8.probs["test"]}
+    metrics = {name: evaluate.classification_metrics(probs, photos.targets["test"], labels)
                for name, probs in test_probs.items()}
-    agreement = float((int8_probs["test"].argmax(1) == keras_test.argmax(1)).mean())
-    metrics["int8_keras_top1_agreement"] = agreement
+    metrics["int8_keras_top1_agreement"] = float((int8.probs["test"].argmax(1) == keras_test.argmax(1)).mean())
+    return metrics, int8
 
-    # Unknown place, calibrated on the int8 model (the one that ships). The rule that ships is calibrated on the
-    # validation photos and every negative photo. Its rates on new photos are measured by cross-fitting: the
-    # negatives are dealt into folds (near-duplicates together); a rule calibrated without one fold is counted on
-    # that fold and on the test photos, so each negative is counted once, by a rule that did not see it.
-    rule, prototypes = None, None
-    if neg_images is not None:
-        if int8.has_features:  # prototypes from the training photos' features, as the shipped model sees them
-            train_features = run_with_mirror(int8.run, arrays["train"], mirror)[1]
-            prototypes = evaluate.place_prototypes(train_features, targets["train"], config.prototypes_per_place,
-                                                   len(labels), config.seed)
 
-        def features(name, rows=slice(None)):
-            return int8_features[name][rows] if prototypes is not None else None
+def calibrate_unknown_place(config: TrainConfig, photos: PreparedPhotos, int8: ShippedModel,
+                            negatives: list[Example], mirror: float, out_dir: Path) -> tuple[dict | None, dict | None]:
+    """The unknown-place rule that ships and its measured rates, or (None, None) without negatives.
 
-        def calibrate(rows) -> dict:
-            return evaluate.calibrate_rejection(int8_probs["val"], int8_probs["negatives"][rows],
-                                                config.target_false_accept, features("val"),
-                                                features("negatives", rows), prototypes)
+    Calibrated on the int8 model (the one that ships), on the validation photos and every negative photo. Its
+    rates on new photos are measured by cross-fitting: the negatives are dealt into folds (near-duplicates
+    together); a rule calibrated without one fold is counted on that fold and on the test photos, so each
+    negative is counted once, by a rule that did not see it."""
+    if photos.negatives is None:
+        return None, None
+    prototypes = None
+    if int8.runner.has_features:  # prototypes from the training photos' features, as the shipped model sees them
+        train_features = run_with_mirror(int8.runner.run, photos.arrays["train"], mirror)[1]
+        prototypes = evaluate.place_prototypes(train_features, photos.targets["train"], config.prototypes_per_place,
+                                               len(photos.labels), config.seed)
 
-        def rejected(name, fitted: dict, rows=slice(None)) -> np.ndarray:
-            return apply_rejection(int8_probs[name][rows], fitted, features(name, rows), prototypes)
+    def features(name, rows=slice(None)):
+        return int8.features[name][rows] if prototypes is not None else None
 
-        rule = calibrate(slice(None))
-        if rule["kind"] in FEATURE_RULES:
-            np.save(out_dir / PROTOTYPES_FILE, prototypes.astype(np.float16))
-            rule["prototypes_file"] = PROTOTYPES_FILE
-        fold = fold_of_each(negatives, config.rejection_folds, config.near_dup_distance)
-        folds, unseen_rejected = [], []
-        for held_out in np.unique(fold):
-            fitted = calibrate(fold != held_out)
-            unseen_rejected.append(rejected("negatives", fitted, fold == held_out))
-            folds.append({"held_out": int((fold == held_out).sum()), "kind": fitted["kind"],
-                          "threshold": fitted["threshold"],
-                          "landmarks_wrongly_rejected": float(rejected("test", fitted).mean())})
-        metrics["unknown_place"] = {
-            "rule": rule,
-            "negatives": len(negatives),
-            "negatives_rejected": float(np.concatenate(unseen_rejected).mean()),
-            "landmarks_wrongly_rejected": float(np.mean([f["landmarks_wrongly_rejected"] for f in folds])),
-            "shipped_rule_landmarks_wrongly_rejected": float(rejected("test", rule).mean()),
-            "folds": folds,
-        }
+    def calibrate(rows) -> dict:
+        return evaluate.calibrate_rejection(int8.probs["val"], int8.probs["negatives"][rows],
+                                            config.target_false_accept, features("val"),
+                                            features("negatives", rows), prototypes)
 
-    sizes = {name: path.stat().st_size for name, path in tflite_files.items()}
-    metrics["model_bytes"] = {**sizes, "keras_float32_params": int(model.count_params()),
-                              "keras_float32_bytes": int(model.count_params()) * 4}
-    metrics["train_seconds"] = round(train_seconds, 1)
-    metrics["total_seconds"] = round(time.monotonic() - started, 1)
-    metrics["split_counts"] = {name: len(part) for name, part in parts.items()}
+    def rejected(name, fitted: dict, rows=slice(None)) -> np.ndarray:
+        return apply_rejection(int8.probs[name][rows], fitted, features(name, rows), prototypes)
 
-    (out_dir / "labels.json").write_text(json.dumps(labels, indent=1))
+    rule = calibrate(slice(None))
+    if rule["kind"] in FEATURE_RULES:
+        np.save(out_dir / PROTOTYPES_FILE, prototypes.astype(np.float16))
+        rule["prototypes_file"] = PROTOTYPES_FILE
+    fold = fold_of_each(negatives, config.rejection_folds, config.near_dup_distance)
+    folds, unseen_rejected = [], []
+    for held_out in np.unique(fold):
+        fitted = calibrate(fold != held_out)
+        unseen_rejected.append(rejected("negatives", fitted, fold == held_out))
+        folds.append({"held_out": int((fold == held_out).sum()), "kind": fitted["kind"],
+                      "threshold": fitted["threshold"],
+                      "landmarks_wrongly_rejected": float(rejected("test", fitted).mean())})
+    return rule, {
+        "rule": rule,
+        "negatives": len(negatives),
+        "negatives_rejected": float(np.concatenate(unseen_rejected).mean()),
+        "landmarks_wrongly_rejected": float(np.mean([f["landmarks_wrongly_rejected"] for f in folds])),
+        "shipped_rule_landmarks_wrongly_rejected": float(rejected("test", rule).mean()),
+        "folds": folds,
+    }
+
+
+def write_run_outputs(config: TrainConfig, photos: PreparedPhotos, examples: list[Example], metrics: dict,
+                      history: dict, out_dir: Path) -> None:
+    """Labels, metrics, the split, the training history and the plots: kept whether or not the run ships."""
+    (out_dir / "labels.json").write_text(json.dumps(photos.labels, indent=1))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out_dir / "split.json").write_text(json.dumps({"seed": config.seed, "near_dup_distance": config.near_dup_distance,
                                                     "examples": [e.summary() for e in examples]}, indent=1))
@@ -312,13 +393,13 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     evaluate.plot_history(history, plots / "training_curves.png")
-    evaluate.plot_confusion(metrics["tflite_int8"]["confusion_matrix"], labels, plots / "confusion_matrix.png")
+    evaluate.plot_confusion(metrics["tflite_int8"]["confusion_matrix"], photos.labels, plots / "confusion_matrix.png")
     evaluate.plot_per_place_f1(metrics["tflite_int8"]["per_place"], plots / "per_place_f1.png")
 
-    if agreement < config.min_int8_agreement:
-        raise TrainingFailed(f"int8 TFLite agrees with Keras on {agreement:.2%} of the test photos, "
-                             f"below the required {config.min_int8_agreement:.0%}: not producing a model")
 
+def write_manifest(config: TrainConfig, examples: list[Example], places: list[dict], labels: list[str],
+                   rule: dict | None, mirror: float, metrics: dict, out_dir: Path) -> dict:
+    """The bundle's places snapshot and manifest (version, model, preprocessing, rule, metrics, file hashes)."""
     known = set(labels)
     snapshot = [p for p in places if p["place_id"] in known]
     (out_dir / "places.json").write_text(json.dumps(snapshot, ensure_ascii=False, indent=1))
@@ -337,7 +418,8 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
         "rejection": rule,
         "mirror_below_margin": mirror,
         "metrics": {"top1": metrics["tflite_int8"]["top1"], "top3": metrics["tflite_int8"]["top3"],
-                    "macro_f1": metrics["tflite_int8"]["macro_f1"], "int8_keras_top1_agreement": agreement,
+                    "macro_f1": metrics["tflite_int8"]["macro_f1"],
+                    "int8_keras_top1_agreement": metrics["int8_keras_top1_agreement"],
                     **({"negatives_rejected": metrics["unknown_place"]["negatives_rejected"],
                         "landmarks_wrongly_rejected": metrics["unknown_place"]["landmarks_wrongly_rejected"]}
                        if rule else {})},

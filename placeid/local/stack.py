@@ -29,10 +29,11 @@ class StackError(PlaceidError):
     code = "stack"
 
 
-def gcloud_sdk_root() -> Path:
+def gcloud_sdk_root(settings: Settings | None = None) -> Path:
     """The Google Cloud SDK folder (``PLACEID_GCLOUD_SDK`` or derived from ``gcloud`` on PATH)."""
-    if os.environ.get("PLACEID_GCLOUD_SDK"):
-        return Path(os.environ["PLACEID_GCLOUD_SDK"])
+    configured = (settings or Settings.from_env()).gcloud_sdk
+    if configured:
+        return configured
     gcloud = shutil.which("gcloud")
     if not gcloud:
         raise StackError("gcloud is not installed (or not on PATH): the Firestore and Pub/Sub emulators "
@@ -95,11 +96,11 @@ class LocalStack:
     def service(self, name: str) -> Service:
         s, host = self.settings, self.settings.host
         if name == "firestore":
-            binary = gcloud_sdk_root() / "platform" / "cloud-firestore-emulator" / "cloud_firestore_emulator"
+            binary = gcloud_sdk_root(self.settings) / "platform" / "cloud-firestore-emulator" / "cloud_firestore_emulator"
             return Service(name, [_require(binary, "Firestore emulator"), "start", f"--host={host}",
                                   f"--port={s.firestore_port}"], s.url(s.firestore_port), "Ok", needs_java=True)
         if name == "pubsub":
-            binary = gcloud_sdk_root() / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+            binary = gcloud_sdk_root(self.settings) / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
             return Service(name, [_require(binary, "Pub/Sub emulator"), f"--host={host}", f"--port={s.pubsub_port}"],
                            s.url(s.pubsub_port), "Ok", needs_java=True)
         if name == "gcs":
