@@ -3,6 +3,7 @@ the benchmarks): its statuses, where its curated copy lives, and queries over th
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 
@@ -10,7 +11,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from placeid.config import Settings
-from placeid.store import IMAGES, firestore_call_options, firestore_client
+from placeid.store import CONTENT_CLAIMS, FILENAME_CLAIMS, IMAGES, firestore_call_options, firestore_client
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -35,6 +36,17 @@ def curated_bucket(record: dict) -> str:
     """The bucket holding an image record's curated copy (records written before it was stored: the source's)."""
     curated = record.get("curated") or {}
     return curated.get("bucket") or record["source"]["bucket"]
+
+
+def claim_refs(db: firestore.Client, record: dict) -> tuple:
+    """The claims an accepted image owns: its file's and its pixels' sha256 (exact duplicates) and its file name
+    (``content_claims/file-<sha>``, ``content_claims/pixels-<sha>``, ``filename_claims/<sha of the name>``)."""
+    hashes = record["hashes"]
+    claims = db.collection(CONTENT_CLAIMS)
+    name_key = hashlib.sha256(record["file_name"].encode()).hexdigest()[:32]
+    return (claims.document(f"file-{hashes['file_sha256']['hex']}"),
+            claims.document(f"pixels-{hashes['pixels_sha256']['hex']}"),
+            db.collection(FILENAME_CLAIMS).document(name_key))
 
 
 def accepted_images(db: firestore.Client):

@@ -33,6 +33,7 @@ from placeid.images import (
     NEAR_DUPLICATE,
     QUARANTINED,
     REJECTED,
+    claim_refs,
     copy_bucket,
     curated_path,
 )
@@ -64,8 +65,6 @@ from placeid_edge.imaging import (
 from placeid.logs import get_logger, log
 from placeid.neardup import NearDuplicateIndex
 from placeid.store import (
-    CONTENT_CLAIMS,
-    FILENAME_CLAIMS,
     IMAGES,
     PLACES,
     firestore_call_options,
@@ -427,7 +426,7 @@ class Ingestor:
     def _decide_and_commit(self, image_ref, record: dict, label_problem: str | None) -> dict:
         """In one transaction: exact-duplicate and file-name claims, near-duplicate verdict, record."""
         file_sha = record["hashes"]["file_sha256"]["hex"]
-        file_claim_ref, pixel_claim_ref, name_claim_ref = self.claim_refs(record)
+        file_claim_ref, pixel_claim_ref, name_claim_ref = claim_refs(self.db, record)
         near = [] if label_problem else self.index.find(record["hashes"]["phash"]["hex"])
 
         @firestore.transactional
@@ -466,20 +465,11 @@ class Ingestor:
         decide(self.db.transaction())
         return image_ref.get(**self.call_options).to_dict()
 
-    def claim_refs(self, record: dict) -> tuple:
-        """References of the exact-content (file, pixels) and file-name claims of a record."""
-        hashes = record["hashes"]
-        claims = self.db.collection(CONTENT_CLAIMS)
-        name_key = hashlib.sha256(record["file_name"].encode()).hexdigest()[:32]
-        return (claims.document(f"file-{hashes['file_sha256']['hex']}"),
-                claims.document(f"pixels-{hashes['pixels_sha256']['hex']}"),
-                self.db.collection(FILENAME_CLAIMS).document(name_key))
-
     def claim_and_index(self, txn: firestore.Transaction, record: dict, claim_file_name: bool | None = None) -> None:
         """Within ``txn``: make ``record`` the owner of its content claims and add it to the near index; its file
         name too when ``claim_file_name`` (None: when no other image claims that name yet, read within ``txn``,
         so before any write in it)."""
-        file_claim_ref, pixel_claim_ref, name_claim_ref = self.claim_refs(record)
+        file_claim_ref, pixel_claim_ref, name_claim_ref = claim_refs(self.db, record)
         if claim_file_name is None:
             claim_file_name = not name_claim_ref.get(transaction=txn).exists
         claim = {"image_id": record["image_id"], "place_id": record["place_id"],
@@ -492,7 +482,7 @@ class Ingestor:
 
     def release_claims(self, txn: firestore.Transaction, record: dict) -> None:
         """Within ``txn``, before any write in it: delete the claims ``record`` owns and its index entry."""
-        refs = self.claim_refs(record)
+        refs = claim_refs(self.db, record)
         owned = [ref for ref, snap in zip(refs, txn.get_all(refs))
                  if snap.exists and snap.get("image_id") == record["image_id"]]
         for ref in owned:
