@@ -75,6 +75,11 @@ class Registry:
     def register(self, run_dir: Path) -> dict:
         """Upload a verified run folder and record it; returns the Firestore record."""
         manifest = verify_run(run_dir)
+        parity = manifest.get("parity") or {}
+        if parity.get("passed") is False:
+            raise BadRequest(f"{run_dir}: the int8 model failed the parity gate (agreement with Keras "
+                             f"{parity.get('agreement', 0):.2%}, 95 % lower bound {parity.get('agreement_lower_95', 0):.2%}, "
+                             f"required {parity.get('required', 0):.0%}): not registered")
         version = check_version(manifest["version"])
         base = f"{self.prefix}{version}/"
         for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):

@@ -171,25 +171,25 @@ def cmd_train(args) -> int:
     from placeid.store import firestore_client, storage_client
     from training.dataset import from_firestore, from_folder, load_negatives
     from placeid.registry import Registry
-    from training.models import BACKBONES
     from training.train import TrainConfig, TrainingFailed, default_weights, run_training
 
     settings = _settings(args)
-    if args.backbone and args.backbone not in BACKBONES:
-        return _fail(f"unknown backbone {args.backbone!r}; known: {', '.join(BACKBONES)}")
-    config = TrainConfig.for_model(args.model, backbone=args.backbone, backbone_weights=args.backbone_weights,
-                                   seed=args.seed, near_dup_distance=settings.near_dup_distance,
-                                   min_int8_agreement=args.min_int8_agreement,
-                                   mirror_below_margin=args.mirror_below_margin,
-                                   fine_tune_epochs=args.fine_tune_epochs,
-                                   no_flip_places=args.no_flip.split(",") if args.no_flip else None)
+    try:
+        config = TrainConfig.for_model(args.model, backbone=args.backbone, backbone_weights=args.backbone_weights,
+                                       seed=args.seed, near_dup_distance=settings.near_dup_distance,
+                                       min_int8_agreement=args.min_int8_agreement,
+                                       mirror_below_margin=args.mirror_below_margin,
+                                       fine_tune_epochs=args.fine_tune_epochs,
+                                       no_flip_places=args.no_flip.split(",") if args.no_flip else None)
+    except ValueError as exc:  # an unknown backbone
+        return _fail(str(exc))
     if args.fast:
         config = config.fast()
     if args.size:
         config.size = args.size
     if config.min_int8_agreement < TrainConfig.min_int8_agreement:
         console.print(f"[yellow]parity gate lowered to {config.min_int8_agreement:.0%} int8/Keras agreement "
-                      f"(the product requires {TrainConfig.min_int8_agreement:.0%})[/yellow]")
+                      f"(the product requires {TrainConfig.min_int8_agreement:.0%}, 95 % lower bound)[/yellow]")
     places_filter = args.places.split(",") if args.places else None
     out_dir = Path(args.out) / time.strftime("%Y%m%dT%H%M%S")
     try:  # fail in seconds, not after the photos are loaded: missing weights, an unwritable output folder
@@ -222,6 +222,15 @@ def cmd_train(args) -> int:
         console.print(f"[red]training failed:[/red] {exc}")
         return 1
     print_training_summary(out_dir, manifest)
+    parity = manifest["parity"]
+    if not parity["passed"]:
+        console.print(f"[red]parity gate failed:[/red] the int8 model gives Keras's answer on {parity['agreement']:.2%} "
+                      f"of {parity['views']} held-out views (95 % lower bound {parity['agreement_lower_95']:.2%}, "
+                      f"required {parity['required']:.0%}). The run is kept in {out_dir} for inspection "
+                      "(metrics.json, plots/) and is not registered. Try another --seed, a longer training "
+                      "(without --fast), or another --backbone; lower the gate with --min-int8-agreement "
+                      "only for experiments.")
+        return 1
     if args.register or args.promote:
         registry = Registry.from_settings(settings)
         registry.register(out_dir)
@@ -251,7 +260,10 @@ def print_training_summary(out_dir: Path, manifest: dict) -> None:
                       f"{unknown['negatives_rejected']:.1%} of unseen negatives rejected, "
                       f"{unknown['landmarks_wrongly_rejected']:.1%} of test landmark photos wrongly rejected "
                       f"({len(unknown['folds'])}-fold cross-fitting)")
-    console.print(f"int8 vs Keras top-1 agreement {metrics['int8_keras_top1_agreement']:.2%}; "
+    parity = metrics["parity"]
+    console.print(f"int8 vs Keras top-1 agreement {parity['agreement']:.2%} of {parity['views']} held-out views "
+                  f"(95 % lower bound {parity['agreement_lower_95']:.2%}, gate {parity['required']:.0%}: "
+                  f"{'passed' if parity['passed'] else 'FAILED'}); test split {metrics['int8_keras_top1_agreement']:.2%}; "
                   f"trained in {metrics['train_seconds']:.0f} s, run {metrics['total_seconds']:.0f} s; "
                   f"outputs in {out_dir}")
 
@@ -466,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     review.set_defaults(func=cmd_review)
 
     train = sub.add_parser("train", help="train a model (Firestore + bucket by default, or --folder)")
-    train.add_argument("--model", choices=("mobilenet", "paper"), default="mobilenet")
+    train.add_argument("--model", choices=("transfer", "paper"), default="transfer",
+                       help="an ImageNet backbone and a head (--backbone), or the paper's CNN (the baseline)")
     # Defaults of the options below are training.train.TrainConfig's (None here: not set on the command line).
     train.add_argument("--backbone", help="ImageNet backbone of the transfer model (training.models.BACKBONES)")
     train.add_argument("--backbone-weights", help="weights file, or 'imagenet' where the internet is reachable")
@@ -487,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "image's (0 = never; default: TrainConfig's)")
     train.add_argument("--seed", type=int, help="random seed (default: TrainConfig's)")
     train.add_argument("--min-int8-agreement", type=float,
-                       help="parity gate: least int8/Keras top-1 agreement on the test split (default: TrainConfig's)")
+                       help="parity gate: least int8/Keras top-1 agreement (95 %% lower bound) on the held-out photos' "
+                            "views (default: TrainConfig's)")
     train.add_argument("--out", default="runs", help="folder for run outputs")
     train.add_argument("--register", action="store_true", help="upload the bundle and record it")
     train.add_argument("--promote", action="store_true", help="register, then point serving at it")

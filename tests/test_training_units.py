@@ -221,7 +221,13 @@ def test_train_config_is_the_one_source_of_training_defaults():
     from placeid.config import REPO_ROOT, Settings
     from training.train import TrainConfig
 
+    from training.models import BACKBONES
+
     assert TrainConfig.for_model("paper").size == TrainConfig.PAPER_SIZE
+    assert TrainConfig().size == BACKBONES[TrainConfig.backbone]["train_size"]
+    assert TrainConfig(backbone="efficientnet_lite2").size == 260 and TrainConfig(size=300).size == 300
+    with pytest.raises(ValueError, match="unknown backbone"):
+        TrainConfig(backbone="resnet")
     assert TrainConfig.for_model("paper", seed=None).seed == TrainConfig.seed  # unset options keep the default
     fast = TrainConfig().fast()
     assert (fast.size, fast.fine_tune_epochs, fast.augment_views) == (TrainConfig.FAST_SIZE, 0, 1)
@@ -229,5 +235,27 @@ def test_train_config_is_the_one_source_of_training_defaults():
     assert TrainConfig.for_model("paper").fast().size == TrainConfig.PAPER_SIZE
     assert TrainConfig().near_dup_distance == Settings().near_dup_distance
     cli = (REPO_ROOT / "placeid_cli" / "main.py").read_text()
-    for literal in (f"{TrainConfig.min_int8_agreement}", f"default={TrainConfig.size}", "(64 if", "96)"):
+    for literal in (f"{TrainConfig.min_int8_agreement}", "default=256", "(64 if", "96)"):
         assert literal not in cli, literal
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_efficientnet_lite_backbones_scale_their_input_as_they_were_trained(backbone, data_dir):
+    """The whole-model EfficientNet-Lite files from the weights folder: the transfer model's features are the
+    file's own model on (x - 127) / 128, average-pooled (the official preprocessing), inside the model."""
+    import keras
+
+    from placeid.config import Settings
+    from placeid_edge.preprocess import prepare_image
+    from training.models import build_transfer
+    from training.train import TrainConfig, default_weights
+
+    config = TrainConfig(backbone=backbone)
+    weights = default_weights(config, Settings().weights_dir)
+    assert weights.endswith(".keras") and config.size == {"efficientnet_lite0": 224, "efficientnet_lite2": 260}[backbone]
+    built = build_transfer(3, 96, backbone, weights)
+    photo = sorted((data_dir / "world30" / "images" / "colosseum").glob("*.jpg"))[0]
+    image = prepare_image(photo.read_bytes(), 96)[None].astype(np.float32)
+    reference = keras.models.load_model(weights, compile=False)((image - 127.0) / 128.0).numpy().mean(axis=(1, 2))
+    np.testing.assert_allclose(built.feature_model.predict(image, verbose=0), reference, rtol=1e-4, atol=1e-4)
+    assert built.model.predict(image, verbose=0).shape == (1, 3)

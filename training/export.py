@@ -2,10 +2,44 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+
+@contextmanager
+def quiet_library_output():
+    """Keep what TensorFlow's export and converter print (a TensorSpec line per captured variable, MLIR pass
+    logs, from Python and C++ alike) out of the run's output: file descriptors 1 and 2 go to a temporary file for
+    the duration, which is shown only when the block fails. Progress bars and summaries are printed outside."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read()[-20000:].decode(errors="replace"))
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 class _Serving(tf.Module):
@@ -35,14 +69,16 @@ def export_saved_model(model, labels: list[str], size: int, path: Path, mirror_b
     ``classes`` (the top label), as TensorFlow Serving serves it; unsure scores are averaged with the mirror
     image's, as the bundle does."""
     module = _Serving(model, labels, size, mirror_below_margin)
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    with quiet_library_output():
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
 
 
 def to_tflite(model, quantization: str, representative: np.ndarray | None = None) -> bytes:
     """TFLite flatbuffer: ``float16`` (weights in fp16, float I/O) or ``int8`` (full integer, uint8 input
     image and uint8 scores, calibrated on ``representative`` uint8 images from the training split)."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    with quiet_library_output():
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -61,4 +97,5 @@ def to_tflite(model, quantization: str, representative: np.ndarray | None = None
         converter.inference_output_type = tf.uint8
     else:
         raise ValueError(f"unknown quantization {quantization!r}")
-    return converter.convert()
+    with quiet_library_output():
+        return converter.convert()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -28,8 +29,8 @@ from training import evaluate  # noqa: E402
 from training.dataset import (SPLITS, Example, class_weights, fingerprint, fold_of_each,  # noqa: E402
                               split_examples)
 from training.export import export_saved_model, to_tflite  # noqa: E402
-from training.models import (BACKBONES, build_paper_cnn, build_transfer, snap_weights_to_int8,  # noqa: E402
-                             unfreeze_top)
+from training.models import (BACKBONES, backbone_scale, build_paper_cnn, build_transfer,  # noqa: E402
+                             snap_weights_to_int8, unfreeze_top)
 
 
 class TrainingFailed(RuntimeError):
@@ -45,10 +46,12 @@ class TrainConfig:
     PAPER_SIZE: ClassVar[int] = 64
     FAST_SIZE: ClassVar[int] = 96
 
-    model: str = "mobilenet"  # or "paper"
-    backbone: str = "mobilenet_v2_1.0"
+    model: str = "transfer"  # an ImageNet backbone and a head, or "paper" (the paper's CNN, the baseline)
+    # Chosen by measurement (bench/results/backbones.json, README Training): EfficientNet-Lite0 at 224 px beat
+    # MobileNetV2 at 256 on every fold, as fast; Lite2 was no better, larger and slower.
+    backbone: str = "efficientnet_lite0"
     backbone_weights: str | None = None  # a file, "imagenet", or None (from PLACEID_WEIGHTS)
-    size: int = 256  # measured: 224 px gave top-1 0.89, 256 px 0.92 (bench/README.md)
+    size: int | None = None  # None: the backbone's train_size (models.BACKBONES), the paper's CNN PAPER_SIZE
     head_epochs: int = 40
     # Fine-tuning the top of the backbone (from fine_tune_from) is off by default: measured on world30 it did not
     # raise top-1 (0.89-0.92 over five runs vs 0.908 without) and it made the unknown-place rule wrongly reject
@@ -73,18 +76,28 @@ class TrainConfig:
     target_false_accept: float = 0.10
     rejection_folds: int = 10  # cross-fitting folds that measure the unknown-place rule on unseen negatives
     prototypes_per_place: int = 5  # k-means centres of each place's features, for the prototype rules
-    min_int8_agreement: float = 0.99
+    # The parity gate: with 95 % confidence (Wilson lower bound), the int8 model gives Keras's top-1 answer on at
+    # least this share of the held-out photos' views (validation and test photos, each as is, mirrored, centre-
+    # cropped and both; the exact rate is in metrics.json, "parity"). A failed gate keeps the run folder and refuses
+    # only to register or promote it.
+    min_int8_agreement: float = 0.98
     representative_count: int = 500
     patience: int = 5
     show_progress: bool = True
 
+    def __post_init__(self):
+        if self.model not in ("transfer", "paper"):
+            raise ValueError(f"unknown model {self.model!r}: transfer or paper")
+        if self.model == "transfer" and self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        if self.size is None:
+            self.size = self.PAPER_SIZE if self.model == "paper" else BACKBONES[self.backbone]["train_size"]
+
     @classmethod
-    def for_model(cls, model: str = "mobilenet", **overrides) -> "TrainConfig":
-        """The defaults for ``model`` (the paper's CNN at PAPER_SIZE), with ``overrides`` (None values ignored)."""
-        values = {key: value for key, value in overrides.items() if value is not None}
-        if model == "paper":
-            values.setdefault("size", cls.PAPER_SIZE)
-        return cls(model=model, **values)
+    def for_model(cls, model: str = "transfer", **overrides) -> "TrainConfig":
+        """The defaults for ``model`` and its backbone (their input size), with ``overrides`` (None values
+        ignored)."""
+        return cls(model=model, **{key: value for key, value in overrides.items() if value is not None})
 
     def fast(self) -> "TrainConfig":
         """This configuration as a quick model for demos and smoke tests: 15 head epochs (8 for the paper's CNN),
@@ -188,12 +201,33 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: lis
         return built.model, built.model, history
 
     built = build_transfer(num_classes, config.size, config.backbone, weights_path, config.head_dropout)
-    # Clean and augmented views of the training photos, kept as uint8 (what the int8 model is fed).
-    views = [x_train]
-    for _ in range(config.augment_views):
-        views.append(np.stack([np.rint(augment(tf.constant(image), config.size, bool(flippable[label])).numpy())
-                               .astype(np.uint8) for image, label in zip(x_train, y_train)]))
-    view_images, view_targets = np.concatenate(views), np.tile(y_train, len(views))
+
+    def float_features(images: np.ndarray) -> np.ndarray:
+        """Pooled features of uint8 images, FEATURE_BATCH at a time (never a float copy of the whole set)."""
+        return np.concatenate([built.feature_model.predict(images[start:start + FEATURE_BATCH].astype(np.float32),
+                                                           batch_size=64, verbose=0)
+                               for start in range(0, len(images), FEATURE_BATCH)])
+
+    def int8_feature_runner():
+        """The int8 conversion of the (snapped) feature model, as the shipped model will compute features."""
+        return TFLiteModel(to_tflite(built.feature_model, "int8", representative_images(x_train, config))).predict
+
+    def view_features(int8_run=None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Features of each training photo and of ``config.augment_views`` augmented views of it, made batch by
+        batch (only features are kept, not the views): float ones, int8 ones when ``int8_run``, and targets."""
+        floats, int8s, targets = [], [], []
+        for start in tqdm(range(0, len(x_train), FEATURE_BATCH), desc="features", unit="batch",
+                          disable=not config.show_progress):
+            images, labels_ = x_train[start:start + FEATURE_BATCH], y_train[start:start + FEATURE_BATCH]
+            views = [images] + [np.stack([np.rint(augment(tf.constant(image), config.size, bool(flippable[label]))
+                                                  .numpy()).astype(np.uint8) for image, label in zip(images, labels_)])
+                                for _ in range(config.augment_views)]
+            batch = np.concatenate(views)
+            floats.append(float_features(batch))
+            if int8_run is not None:
+                int8s.append(int8_run(batch))
+            targets.append(np.tile(labels_, len(views)))
+        return np.concatenate(floats), (np.concatenate(int8s) if int8_run is not None else None), np.concatenate(targets)
 
     def fit_head(stage: str, features: np.ndarray, targets: np.ndarray, val_features: np.ndarray) -> None:
         built.head.compile(keras.optimizers.Adam(config.learning_rate), "sparse_categorical_crossentropy",
@@ -204,27 +238,32 @@ def train_model(config: TrainConfig, x_train, y_train, x_val, y_val, labels: lis
         _merge(history, fit.history)
         history.setdefault("stage_boundary", []).append(len(history["loss"]))
 
-    def float_features(images: np.ndarray) -> np.ndarray:
-        return built.feature_model.predict(images.astype(np.float32), batch_size=64, verbose=verbose)
-
-    # Stage 1: the head, on features of the views (the frozen backbone runs once per view).
-    fit_head("head", float_features(view_images), view_targets, float_features(x_val))
-    # Stage 2: fine-tune the top of the backbone on augmented images.
+    # The backbone's kernels go onto the int8 grid first, so every feature the heads learn from is what the int8
+    # model computes from the same weights (after fine-tuning, which moves them, they are snapped again).
+    if config.snap_weights:
+        snap_weights_to_int8(built.backbone)
+    robust = config.quantization_robust_head
+    # Stage 1: the head, on features of clean and augmented views (the frozen backbone runs once per view).
+    float_views, int8_views, view_targets = view_features(
+        int8_feature_runner() if robust and config.fine_tune_epochs == 0 else None)
+    val_features = float_features(x_val)
+    fit_head("head", float_views, view_targets, val_features)
+    # Stage 2: fine-tune the top of the backbone on augmented images; then fresh views' features.
     if config.fine_tune_epochs > 0:
         unfreeze_top(built.backbone, config.fine_tune_from or BACKBONES[config.backbone]["fine_tune_from"])
         fit_on_images(built.model, "fine_tune", config.fine_tune_learning_rate, config.fine_tune_epochs,
                       decay=config.fine_tune_cosine)
         built.backbone.trainable = False
-    if config.snap_weights:  # before the last head fit, so the head learns the features the int8 model computes
-        snap_weights_to_int8(built.backbone)
+        if config.snap_weights:
+            snap_weights_to_int8(built.backbone)
+        if robust:
+            float_views, int8_views, view_targets = view_features(int8_feature_runner())
+            val_features = float_features(x_val)
     # Stage 3: re-fit the head on the features of the float backbone *and* of its int8 conversion, so fewer
     # decisions hinge on quantization noise (int8 features differ from float ones by ~15 % in L2). With the
-    # snapped kernels and the mirror pass for unsure photos, int8 and Keras agree on >= 99 % (README, Training).
-    if config.quantization_robust_head:
-        representative = representative_images(x_train, config)
-        int8_features = TFLiteModel(to_tflite(built.feature_model, "int8", representative)).predict
-        features = np.concatenate([float_features(view_images), int8_features(view_images)])
-        fit_head("robust_head", features, np.tile(view_targets, 2), float_features(x_val))
+    # snapped kernels and the mirror pass for unsure photos, int8 and Keras agree (the parity gate).
+    if robust:
+        fit_head("robust_head", np.concatenate([float_views, int8_views]), np.tile(view_targets, 2), val_features)
     if config.snap_weights:  # the backbone is snapped already
         snap_weights_to_int8(built.head)
     shipped = keras.Model(built.model.inputs, [built.model.outputs[0], built.feature_model.outputs[0]],
@@ -254,7 +293,9 @@ class ShippedModel:
 
 def run_training(config: TrainConfig, examples: list[Example], negatives: list[Example], places: list[dict],
                  out_dir: Path, weights_path: str | Path | None = None) -> dict:
-    """Train, convert, measure and write one run folder; returns the manifest. Raises TrainingFailed."""
+    """Train, convert, measure and write one run folder; returns the manifest, whose ``parity`` says whether the
+    int8 model passed the parity gate (a run that failed it is kept, for inspection, and cannot be registered).
+    Raises TrainingFailed when no model can be made."""
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     photos = prepare_photos(config, examples, negatives)
@@ -265,6 +306,7 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
     mirror = effective_mirror_margin(config, photos.labels)
     tflite_files = export_models(config, model, shipped, photos, mirror, out_dir)
     metrics, int8 = measure_models(model, tflite_files, photos, mirror)
+    metrics["parity"] = parity_gate(model, int8.runner, photos, config.min_int8_agreement)
     rule, metrics["unknown_place"] = calibrate_unknown_place(config, photos, int8, negatives, mirror, out_dir)
     if metrics["unknown_place"] is None:
         del metrics["unknown_place"]
@@ -276,10 +318,6 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
     metrics["split_counts"] = {name: len(part) for name, part in photos.parts.items()}
     write_run_outputs(config, photos, examples, metrics, history, out_dir)
 
-    agreement = metrics["int8_keras_top1_agreement"]
-    if agreement < config.min_int8_agreement:
-        raise TrainingFailed(f"int8 TFLite agrees with Keras on {agreement:.2%} of the test photos, "
-                             f"below the required {config.min_int8_agreement:.0%}: not producing a model")
     return write_manifest(config, examples, places, photos.labels, rule, mirror, metrics, out_dir)
 
 
@@ -331,6 +369,53 @@ def measure_models(model, tflite_files: dict[str, Path], photos: PreparedPhotos,
                for name, probs in test_probs.items()}
     metrics["int8_keras_top1_agreement"] = float((int8.probs["test"].argmax(1) == keras_test.argmax(1)).mean())
     return metrics, int8
+
+
+#: Photos (and their augmented views) whose features are computed at once: what bounds training's image memory.
+FEATURE_BATCH = 128
+
+#: The views of each held-out photo the parity gate compares: as is, mirrored, centre crop (7/8 of the side,
+#: resized back), and the mirrored crop.
+PARITY_VIEWS = ("photo", "mirror", "crop", "mirror_crop")
+
+
+def parity_views(images: np.ndarray) -> np.ndarray:
+    """:data:`PARITY_VIEWS` of uint8 images ``(n, size, size, 3)``, photo by photo (deterministic)."""
+    size = images.shape[1]
+    margin = size // 16
+    crops = tf.image.resize(images[:, margin:size - margin, margin:size - margin], [size, size], method="bilinear")
+    crops = np.clip(np.rint(crops.numpy()), 0, 255).astype(np.uint8)
+    views = np.stack([images, images[:, :, ::-1], crops, crops[:, :, ::-1]], axis=1)
+    return views.reshape(-1, size, size, 3)
+
+
+def wilson_lower(successes: int, total: int, z: float = 1.96) -> float:
+    """The lower end of the Wilson score interval of a proportion (95 % two-sided at z = 1.96)."""
+    if total == 0:
+        return 0.0
+    p = successes / total
+    centre = p + z * z / (2 * total)
+    spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return (centre - spread) / (1 + z * z / total)
+
+
+def parity_gate(model, int8: TFLiteModel, photos: PreparedPhotos, required: float, batch: int = 64) -> dict:
+    """Does the int8 model give Keras's top-1 answer? Compared on every held-out photo (validation and test) in
+    :data:`PARITY_VIEWS`, batch by batch (no copy of the whole set), raw answers of both models. Passes when the
+    95 % Wilson lower bound of the agreement is at least ``required``: hundreds of photos times four views make
+    the bound tight, so a few answers flipping between runs do not flip the decision."""
+    held_out = np.concatenate([photos.arrays["val"], photos.arrays["test"]])
+    agree = total = 0
+    for start in range(0, len(held_out), batch):
+        views = parity_views(held_out[start:start + batch])
+        keras_top1 = model.predict(views.astype(np.float32), batch_size=batch, verbose=0).argmax(1)
+        int8_top1 = int8.run(views)[0].argmax(1)
+        agree += int((keras_top1 == int8_top1).sum())
+        total += len(views)
+    lower = wilson_lower(agree, total)
+    return {"photos": len(held_out), "views_per_photo": len(PARITY_VIEWS), "views": total, "agreeing": agree,
+            "agreement": round(agree / total, 5), "agreement_lower_95": round(lower, 5), "required": required,
+            "passed": bool(lower >= required)}
 
 
 def calibrate_unknown_place(config: TrainConfig, photos: PreparedPhotos, int8: ShippedModel,
@@ -405,14 +490,15 @@ def write_manifest(config: TrainConfig, examples: list[Example], places: list[di
     (out_dir / "places.json").write_text(json.dumps(snapshot, ensure_ascii=False, indent=1))
     created = datetime.now(timezone.utc)
     data_fingerprint = fingerprint(examples)
-    version = f"{created:%Y%m%dT%H%M%SZ}-{config.model}-{data_fingerprint[:8]}"
+    label = "paper" if config.model == "paper" else config.backbone.replace(".", "")  # e.g. efficientnet_lite0
+    version = f"{created:%Y%m%dT%H%M%SZ}-{label}-{data_fingerprint[:8]}"
     manifest = {
         "version": version,
         "created": created.isoformat(timespec="seconds"),
         "model": config.model if config.model == "paper" else config.backbone,
         "model_file": "model_int8.tflite",
         "input_size": config.size,
-        "preprocessing": PREPROCESSING,
+        "preprocessing": dict(PREPROCESSING, scale=backbone_scale(None if config.model == "paper" else config.backbone)),
         "labels_file": "labels.json",
         "places_file": "places.json",
         "rejection": rule,
@@ -420,9 +506,11 @@ def write_manifest(config: TrainConfig, examples: list[Example], places: list[di
         "metrics": {"top1": metrics["tflite_int8"]["top1"], "top3": metrics["tflite_int8"]["top3"],
                     "macro_f1": metrics["tflite_int8"]["macro_f1"],
                     "int8_keras_top1_agreement": metrics["int8_keras_top1_agreement"],
+                    "parity_agreement_lower_95": metrics["parity"]["agreement_lower_95"],
                     **({"negatives_rejected": metrics["unknown_place"]["negatives_rejected"],
                         "landmarks_wrongly_rejected": metrics["unknown_place"]["landmarks_wrongly_rejected"]}
                        if rule else {})},
+        "parity": metrics["parity"],  # registry.register refuses a run whose gate failed
         "data_fingerprint": data_fingerprint,
         "config": {k: v for k, v in asdict(config).items() if k != "show_progress"},
         "files": {},
