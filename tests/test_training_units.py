@@ -251,7 +251,7 @@ def test_efficientnet_lite_backbones_scale_their_input_as_they_were_trained(back
     from training.train import TrainConfig, default_weights
 
     config = TrainConfig(backbone=backbone)
-    weights = default_weights(config, Settings().weights_dir)
+    weights = default_weights(config, Settings.from_env().weights_dir)
     assert weights.endswith(".keras") and config.size == {"efficientnet_lite0": 224, "efficientnet_lite2": 260}[backbone]
     built = build_transfer(3, 96, backbone, weights)
     photo = sorted((data_dir / "world30" / "images" / "colosseum").glob("*.jpg"))[0]

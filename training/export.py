@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -15,31 +16,31 @@ import tensorflow as tf
 @contextmanager
 def quiet_library_output():
     """Keep what TensorFlow's export and converter print (a TensorSpec line per captured variable, MLIR pass
-    logs, from Python and C++ alike) out of the run's output: file descriptors 1 and 2 go to a temporary file for
-    the duration, which is shown only when the block fails. Progress bars and summaries are printed outside."""
+    logs, from Python and C++ alike) out of the run's output: Python's sys.stdout/sys.stderr and file descriptors
+    1 and 2 go to a temporary file for the duration, which is shown only when the block fails. Progress bars and
+    summaries are printed outside."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
     with tempfile.TemporaryFile(mode="w+b") as sink:
+        text = io.TextIOWrapper(sink, encoding="utf-8", errors="replace", write_through=True)
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            with redirect_stdout(text), redirect_stderr(text):
+                yield
         except BaseException:
-            sys.stdout.flush()
-            sys.stderr.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             sink.seek(0)
             sys.stderr.write(sink.read()[-20000:].decode(errors="replace"))
             raise
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+            text.detach()
 
 
 class _Serving(tf.Module):

@@ -306,7 +306,7 @@ def run_training(config: TrainConfig, examples: list[Example], negatives: list[E
     mirror = effective_mirror_margin(config, photos.labels)
     tflite_files = export_models(config, model, shipped, photos, mirror, out_dir)
     metrics, int8 = measure_models(model, tflite_files, photos, mirror)
-    metrics["parity"] = parity_gate(model, int8.runner, photos, config.min_int8_agreement)
+    metrics["parity"] = parity_gate(model, int8.runner, photos, config.min_int8_agreement, mirror)
     rule, metrics["unknown_place"] = calibrate_unknown_place(config, photos, int8, negatives, mirror, out_dir)
     if metrics["unknown_place"] is None:
         del metrics["unknown_place"]
@@ -399,17 +399,22 @@ def wilson_lower(successes: int, total: int, z: float = 1.96) -> float:
     return (centre - spread) / (1 + z * z / total)
 
 
-def parity_gate(model, int8: TFLiteModel, photos: PreparedPhotos, required: float, batch: int = 64) -> dict:
+def parity_gate(model, int8: TFLiteModel, photos: PreparedPhotos, required: float, mirror: float,
+                batch: int = 64) -> dict:
     """Does the int8 model give Keras's top-1 answer? Compared on every held-out photo (validation and test) in
-    :data:`PARITY_VIEWS`, batch by batch (no copy of the whole set), raw answers of both models. Passes when the
-    95 % Wilson lower bound of the agreement is at least ``required``: hundreds of photos times four views make
-    the bound tight, so a few answers flipping between runs do not flip the decision."""
+    :data:`PARITY_VIEWS`, batch by batch (no copy of the whole set), both models answering as the bundle does
+    (unsure answers averaged with the mirror image's, ``mirror``). Passes when the 95 % Wilson lower bound of
+    the agreement is at least ``required``: hundreds of photos times four views make the bound tight, so a few
+    answers flipping between runs do not flip the decision."""
+    def keras_run(images: np.ndarray) -> tuple[np.ndarray, None]:
+        return model.predict(images.astype(np.float32), batch_size=batch, verbose=0), None
+
     held_out = np.concatenate([photos.arrays["val"], photos.arrays["test"]])
     agree = total = 0
     for start in range(0, len(held_out), batch):
         views = parity_views(held_out[start:start + batch])
-        keras_top1 = model.predict(views.astype(np.float32), batch_size=batch, verbose=0).argmax(1)
-        int8_top1 = int8.run(views)[0].argmax(1)
+        keras_top1 = run_with_mirror(keras_run, views, mirror)[0].argmax(1)
+        int8_top1 = run_with_mirror(int8.run, views, mirror)[0].argmax(1)
         agree += int((keras_top1 == int8_top1).sum())
         total += len(views)
     lower = wilson_lower(agree, total)
