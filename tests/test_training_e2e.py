@@ -55,7 +55,7 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
 
     for name in ("saved_model/saved_model.pb", "model_int8.tflite", "model_float16.tflite", "labels.json",
                  "metrics.json", "split.json", "places.json", "manifest.json", "plots/training_curves.png",
-                 "plots/confusion_matrix.png", "plots/per_place_f1.png"):
+                 "plots/confusion_matrix.png", "plots/per_place_f1.png", "plots/unknown_place_tradeoff.png"):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert verify_run(run_dir) == manifest
@@ -74,6 +74,10 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
         assert np.asarray(metrics[name]["confusion_matrix"]).shape == (4, 4)
     assert config.min_int8_agreement <= metrics["int8_keras_top1_agreement"] <= 1.0
     assert 0 <= metrics["unknown_place"]["negatives_rejected"] <= 1
+    tradeoff = metrics["unknown_place"]["tradeoff"]
+    assert metrics["unknown_place"]["rule"]["kind"] in tradeoff
+    for curve in tradeoff.values():  # more landmark photos rejected never rejects fewer negatives
+        assert curve["negatives_rejected"] == sorted(curve["negatives_rejected"]) and 0 <= curve["auroc"] <= 1
     assert metrics["model_bytes"]["int8"] < metrics["model_bytes"]["float16"]
 
     # The int8 model: uint8 image in, one probability per label out, and it agrees with the metrics.

@@ -139,3 +139,35 @@ def plot_per_place_f1(per_place: dict, path: Path) -> None:
         ax.set_xlim(0, 1)
         ax.set_xlabel("F1 on the test split")
         ax.tick_params(axis="y", labelsize=7)
+
+
+#: The landmark-rejection rates the unknown-place trade-off is reported at (the region that matters).
+TRADEOFF_RATES = np.round(np.linspace(0.0, 0.2, 41), 3)
+
+
+def unknown_place_tradeoff(landmark_scores: np.ndarray, negative_scores: np.ndarray) -> dict:
+    """The trade-off of one rule kind as its threshold moves: the share of negatives rejected when the threshold
+    rejects each of TRADEOFF_RATES of the landmark photos, and the area under the whole ROC curve. The scores
+    must come from photos the model and its prototypes never trained on (the test photos, the negatives)."""
+    negatives_rejected = [float((negative_scores < np.quantile(landmark_scores, rate)).mean()) if rate > 0 else 0.0
+                          for rate in TRADEOFF_RATES]
+    above = (landmark_scores[:, None] > negative_scores[None, :]).mean()
+    ties = (landmark_scores[:, None] == negative_scores[None, :]).mean()
+    return {"landmarks_rejected": TRADEOFF_RATES.tolist(), "negatives_rejected": negatives_rejected,
+            "auroc": round(float(above + ties / 2), 4)}
+
+
+def plot_unknown_place_tradeoff(tradeoff: dict[str, dict], shipped: tuple[str, float, float], path: Path) -> None:
+    """One curve per rule kind (negatives rejected against landmark photos rejected), and the shipped rule's
+    cross-fitted operating point."""
+    with _figure(path, figsize=(6.5, 4.5)) as (_, ax):
+        for kind, curve in tradeoff.items():
+            ax.plot(np.array(curve["landmarks_rejected"]) * 100, np.array(curve["negatives_rejected"]) * 100,
+                    label=f"{kind} (AUROC {curve['auroc']:.3f})")
+        kind, landmarks, negatives = shipped
+        ax.plot([landmarks * 100], [negatives * 100], "k*", markersize=12, label=f"shipped: {kind}, cross-fitted")
+        ax.set_xlabel("landmark photos wrongly rejected (%, test split)")
+        ax.set_ylabel("no-landmark photos rejected (%)")
+        ax.set_title("unknown place: the trade-off")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")

@@ -23,7 +23,7 @@ from tqdm import tqdm  # noqa: E402
 from placeid.config import Settings  # noqa: E402
 from placeid_edge.preprocess import PREPROCESSING, prepare_image  # noqa: E402
 from placeid_edge.bundle import PROTOTYPES_FILE  # noqa: E402
-from placeid_edge.rejection import FEATURE_RULES, apply_rejection  # noqa: E402
+from placeid_edge.rejection import FEATURE_RULES, RULE_KINDS, apply_rejection, rejection_score  # noqa: E402
 from placeid_edge.runtime import TFLiteModel, run_with_mirror  # noqa: E402
 from training import evaluate  # noqa: E402
 from training.dataset import (SPLITS, Example, class_weights, fingerprint, fold_of_each,  # noqa: E402
@@ -462,8 +462,13 @@ def calibrate_unknown_place(config: TrainConfig, photos: PreparedPhotos, int8: S
         folds.append({"held_out": int((fold == held_out).sum()), "kind": fitted["kind"],
                       "threshold": fitted["threshold"],
                       "landmarks_wrongly_rejected": float(rejected("test", fitted).mean())})
+    kinds = [kind for kind in RULE_KINDS if prototypes is not None or kind not in FEATURE_RULES]
+    tradeoff = {kind: evaluate.unknown_place_tradeoff(
+        rejection_score(int8.probs["test"], kind, features("test"), prototypes),
+        rejection_score(int8.probs["negatives"], kind, features("negatives"), prototypes)) for kind in kinds}
     return rule, {
         "rule": rule,
+        "tradeoff": tradeoff,
         "negatives": len(negatives),
         "negatives_rejected": float(np.concatenate(unseen_rejected).mean()),
         "landmarks_wrongly_rejected": float(np.mean([f["landmarks_wrongly_rejected"] for f in folds])),
@@ -485,6 +490,11 @@ def write_run_outputs(config: TrainConfig, photos: PreparedPhotos, examples: lis
     evaluate.plot_history(history, plots / "training_curves.png")
     evaluate.plot_confusion(metrics["tflite_int8"]["confusion_matrix"], photos.labels, plots / "confusion_matrix.png")
     evaluate.plot_per_place_f1(metrics["tflite_int8"]["per_place"], plots / "per_place_f1.png")
+    unknown = metrics.get("unknown_place")
+    if unknown:
+        evaluate.plot_unknown_place_tradeoff(
+            unknown["tradeoff"], (unknown["rule"]["kind"], unknown["landmarks_wrongly_rejected"],
+                                  unknown["negatives_rejected"]), plots / "unknown_place_tradeoff.png")
 
 
 def write_manifest(config: TrainConfig, examples: list[Example], places: list[dict], labels: list[str],
