@@ -13,21 +13,20 @@ richer (prototypes, cross-fitted calibration: bench/training_bench.py); this com
 one simple rule. Means and spreads (min..max) over the folds.
 
 Per backbone also: the int8 TFLite model's size (the whole model: backbone, scaling and the fold-0 head,
-calibrated on 100 training photos), and the latency of answering a 12 MP JPEG with it (decode + preprocess +
+calibrated on 100 training photos), and the latency of answering the serving benchmark's 12 MP JPEG with it (decode + preprocess +
 int8 inference, 2 threads, p50/p99 of 30 after 5 warm-ups), on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
@@ -35,6 +34,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import percentile, save  # noqa: E402
+from bench.serving_bench import make_photos  # noqa: E402
 from placeid.config import Settings  # noqa: E402
 from placeid_edge.preprocess import prepare_image  # noqa: E402
 from placeid_edge.runtime import TFLiteModel  # noqa: E402
@@ -70,25 +70,6 @@ def train_head(features: np.ndarray, targets: np.ndarray, num_classes: int, seed
     return head
 
 
-def auroc(landmark_scores: np.ndarray, negative_scores: np.ndarray) -> float:
-    """Probability that a landmark photo scores above a negative one (ties count half)."""
-    above = (landmark_scores[:, None] > negative_scores[None, :]).mean()
-    ties = (landmark_scores[:, None] == negative_scores[None, :]).mean()
-    return float(above + ties / 2)
-
-
-def twelve_megapixel_jpeg(settings: Settings) -> bytes:
-    """The serving benchmark's typical 12 MP photo: the median-size world30 original, 4000 x 3000, quality 90."""
-    sizes = {p: Image.open(p).size for p in (settings.data_dir / "world30-originals").glob("*/*")
-             if p.suffix.lower() in (".jpg", ".jpeg")}
-    median = sorted(sizes, key=lambda p: (sizes[p][0] * sizes[p][1], p.name))[len(sizes) // 2]
-    image = ImageOps.fit(ImageOps.exif_transpose(Image.open(median)).convert("RGB"), (4000, 3000),
-                         Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
 def bench_backbone(name: str, settings: Settings, examples, negatives, folds: np.ndarray, photo: bytes) -> dict:
     config = TrainConfig(backbone=name)
     labels = sorted({e.label for e in examples})
@@ -111,7 +92,7 @@ def bench_backbone(name: str, settings: Settings, examples, negatives, folds: np
                      "macro_f1": metrics["macro_f1"], "threshold": threshold,
                      "landmarks_rejected": float((landmark_scores < threshold).mean()),
                      "negatives_rejected": float((negative_scores < threshold).mean()),
-                     "auroc": auroc(landmark_scores, negative_scores)})
+                     "auroc": evaluate.auroc(landmark_scores, negative_scores)})
         if fold == folds.min():
             fold0_head = head
 
@@ -148,7 +129,7 @@ def main() -> int:
     examples = from_folder(settings.world30_dir / "images")
     negatives = load_negatives(settings.data_dir / "negatives" / "images")
     folds = fold_of_each(examples, args.folds, settings.near_dup_distance)
-    photo = twelve_megapixel_jpeg(settings)
+    photo = make_photos(settings, Path(tempfile.mkdtemp(prefix="placeid-backbone-bench-")))["12mp"]
     results = {name: bench_backbone(name, settings, examples, negatives, folds, photo)
                for name in (args.only or BACKBONE_NAMES)}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import RESULTS, save  # noqa: E402
+from bench.machine import RESULTS, peak_rss_mib, save  # noqa: E402
 from placeid.catalog import catalog_snapshot, read_catalog  # noqa: E402
 from placeid.config import Settings  # noqa: E402
 from training.dataset import from_folder, load_negatives  # noqa: E402
@@ -35,10 +36,6 @@ GOALS = {"default_top1": 0.93, "default_macro_f1": 0.93, "int8_max_bytes": 6 * 2
 CONFIGS = {"default": TrainConfig(), "mobilenet_v2": TrainConfig(backbone="mobilenet_v2_1.0"),
            "fine_tuned": TrainConfig(fine_tune_epochs=10), "paper": TrainConfig.for_model("paper")}
 
-
-def peak_rss_mib() -> float:
-    """This process's peak resident size so far (VmHWM)."""
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 
 
 def summarize(out_dir: Path, error: str | None) -> dict:
@@ -74,7 +71,7 @@ def main() -> None:
         results[name] = {"config": {"model": config.model, "backbone": config.backbone if config.model != "paper"
                                     else None, "size": config.size, "fine_tune_epochs": config.fine_tune_epochs},
                          **summarize(out_dir, error),
-                         "peak_rss_mib": round(peak_rss_mib(), 1),
+                         "peak_rss_mib": peak_rss_mib(os.getpid()),
                          "outputs": str(out_dir)}
     path = save("training", {"models": results, "goals": GOALS,
                              "data": {"photos": len(examples), "negatives": len(negatives)}})

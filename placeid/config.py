@@ -20,8 +20,10 @@ def _is_checkout(path: Path) -> bool:
 REPO_ROOT = _SOURCE_DIR if _is_checkout(_SOURCE_DIR) else Path.cwd()
 
 
-#: The largest pHash Hamming distance a near-duplicate threshold can have (64-bit hashes; placeid.neardup).
-NEAR_DUP_MAX_DISTANCE = 63
+#: Bits of the pHash the near-duplicate index stores (placeid.neardup), and the largest Hamming distance a
+#: near-duplicate threshold can have.
+PHASH_BITS = 64
+NEAR_DUP_MAX_DISTANCE = PHASH_BITS - 1
 
 #: Settings field -> environment variable. Every setting can be set this way, and nowhere else.
 ENV_VARS = {

@@ -20,11 +20,11 @@ from itertools import combinations
 
 from google.cloud import firestore
 
-from placeid.config import NEAR_DUP_MAX_DISTANCE
+from placeid.config import PHASH_BITS
 from placeid.hashing import hamming_distance
 from placeid.store import NEAR_BANDS
 
-HASH_BITS = NEAR_DUP_MAX_DISTANCE + 1
+HASH_BITS = PHASH_BITS
 _LATEST = datetime.max.replace(tzinfo=timezone.utc)
 
 

@@ -25,9 +25,7 @@ console = Console(width=None if sys.stdout.isatty() else 120)  # logs and pipes 
 
 def _settings(args) -> Settings:
     settings = Settings.from_env()
-    if getattr(args, "target", None) is None:
-        args.target = settings.target  # --target, else PLACEID_TARGET
-    if args.target == "local":
+    if getattr(args, "target", "local") == "local":  # main() resolved it: --target, else PLACEID_TARGET
         # Point the Google Cloud clients at the local emulators; with --target cloud they use real services.
         os.environ.update(settings.emulator_env())
     return settings

@@ -151,10 +151,15 @@ def unknown_place_tradeoff(landmark_scores: np.ndarray, negative_scores: np.ndar
     must come from photos the model and its prototypes never trained on (the test photos, the negatives)."""
     negatives_rejected = [float((negative_scores < np.quantile(landmark_scores, rate)).mean()) if rate > 0 else 0.0
                           for rate in TRADEOFF_RATES]
+    return {"landmarks_rejected": TRADEOFF_RATES.tolist(), "negatives_rejected": negatives_rejected,
+            "auroc": round(auroc(landmark_scores, negative_scores), 4)}
+
+
+def auroc(landmark_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """Probability that a landmark photo scores above a negative one (ties count half)."""
     above = (landmark_scores[:, None] > negative_scores[None, :]).mean()
     ties = (landmark_scores[:, None] == negative_scores[None, :]).mean()
-    return {"landmarks_rejected": TRADEOFF_RATES.tolist(), "negatives_rejected": negatives_rejected,
-            "auroc": round(float(above + ties / 2), 4)}
+    return float(above + ties / 2)
 
 
 def plot_unknown_place_tradeoff(tradeoff: dict[str, dict], shipped: tuple[str, float, float], path: Path) -> None:

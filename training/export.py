@@ -22,6 +22,7 @@ def quiet_library_output():
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
+    failed = True
     with tempfile.TemporaryFile(mode="w+b") as sink:
         text = io.TextIOWrapper(sink, encoding="utf-8", errors="replace", write_through=True)
         os.dup2(sink.fileno(), 1)
@@ -29,18 +30,16 @@ def quiet_library_output():
         try:
             with redirect_stdout(text), redirect_stderr(text):
                 yield
-        except BaseException:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read()[-20000:].decode(errors="replace"))
-            raise
+            failed = False
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
             text.detach()
+            if failed:  # what was printed explains the failure
+                sink.seek(0)
+                sys.stderr.write(sink.read()[-20000:].decode(errors="replace"))
 
 
 class _Serving(tf.Module):

@@ -346,6 +346,14 @@ def export_models(config: TrainConfig, model, shipped, photos: PreparedPhotos, m
     return tflite_files
 
 
+def keras_runner(model, batch: int = 64):
+    """``model`` as a runner of uint8 images (probabilities, no features), the shape run_with_mirror takes."""
+    def run(images: np.ndarray) -> tuple[np.ndarray, None]:
+        return model.predict(images.astype(np.float32), batch_size=batch, verbose=0), None
+
+    return run
+
+
 def measure_models(model, tflite_files: dict[str, Path], photos: PreparedPhotos,
                    mirror: float) -> tuple[dict, ShippedModel]:
     """Each model on the test photos, and the int8 model (the one that ships) also on what calibrates its rule;
@@ -353,10 +361,7 @@ def measure_models(model, tflite_files: dict[str, Path], photos: PreparedPhotos,
     metrics (with the int8/Keras top-1 agreement) and the shipped model's answers."""
     arrays, labels = photos.arrays, photos.labels
 
-    def keras_run(images: np.ndarray) -> tuple[np.ndarray, None]:
-        return model.predict(images.astype(np.float32), batch_size=64, verbose=0), None
-
-    keras_test = run_with_mirror(keras_run, arrays["test"], mirror)[0]
+    keras_test = run_with_mirror(keras_runner(model), arrays["test"], mirror)[0]
     runners = {quantization: TFLiteModel(path, num_classes=len(labels)) for quantization, path in tflite_files.items()}
     int8 = ShippedModel(runners["int8"], {}, {})
     for name, images in (("test", arrays["test"]), ("val", arrays["val"]), ("negatives", photos.negatives)):
@@ -406,9 +411,7 @@ def parity_gate(model, int8: TFLiteModel, photos: PreparedPhotos, required: floa
     (unsure answers averaged with the mirror image's, ``mirror``). Passes when the 95 % Wilson lower bound of
     the agreement is at least ``required``: hundreds of photos times four views make the bound tight, so a few
     answers flipping between runs do not flip the decision."""
-    def keras_run(images: np.ndarray) -> tuple[np.ndarray, None]:
-        return model.predict(images.astype(np.float32), batch_size=batch, verbose=0), None
-
+    keras_run = keras_runner(model, batch)
     held_out = np.concatenate([photos.arrays["val"], photos.arrays["test"]])
     agree = total = 0
     for start in range(0, len(held_out), batch):
