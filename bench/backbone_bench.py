@@ -56,7 +56,7 @@ def features_of(feature_model, examples, size: int, desc: str) -> np.ndarray:
     """Pooled backbone features of every example, preprocessed and run batch by batch."""
     out = []
     for start in tqdm(range(0, len(examples), BATCH), desc=desc, unit="batch"):
-        batch = np.stack([prepare_image(e.content, size) for e in examples[start:start + BATCH]])
+        batch = np.stack([prepare_image(e.read(), size) for e in examples[start:start + BATCH]])
         out.append(feature_model.predict(batch.astype(np.float32), verbose=0))
     return np.concatenate(out)
 
@@ -97,7 +97,7 @@ def bench_backbone(name: str, settings: Settings, examples, negatives, folds: np
             fold0_head = head
 
     built.head.set_weights(fold0_head.layers[-1].get_weights())  # the same Dense layer; dropout has no weights
-    representative = np.stack([prepare_image(e.content, config.size) for e in examples[:100]])
+    representative = np.stack([prepare_image(e.read(), config.size) for e in examples[:100]])
     model_bytes = to_tflite(built.model, "int8", representative)
     runner = TFLiteModel(model_bytes, num_threads=2, num_classes=len(labels))
     times = []

@@ -200,25 +200,29 @@ def cmd_train(args) -> int:
     except OSError as exc:
         console.print(f"[red]cannot write the run's outputs to {out_dir}:[/red] {exc} (pass --out a writable folder)")
         return 1
-    with console.status("loading photos"):
-        if args.folder:  # no cloud client needed: a local folder and catalog
-            examples = from_folder(args.folder, manifest=args.manifest, limit_per_place=args.limit_per_place,
-                                   places=places_filter)
-            catalog = args.catalog or Path(args.folder).parent / "places.json"  # world30's layout
-            places = catalog_snapshot(read_catalog(catalog)) if Path(catalog).is_file() else []
-        else:
-            db = firestore_client(settings.project)
-            bucket = storage_client(settings.project).bucket(settings.curated_bucket_name)
-            examples = from_firestore(db, bucket, limit_per_place=args.limit_per_place, places=places_filter)
-            places = [to_json(place) for place in list_places(db)]
-        negatives_dir = settings.data_dir / "negatives" / "images"
-        negatives = load_negatives(negatives_dir) if negatives_dir.is_dir() and not args.no_negatives else []
-    console.print(f"{len(examples)} photos of {len({e.label for e in examples})} places, {len(negatives)} negatives")
-    try:
-        manifest = run_training(config, examples, negatives, places, out_dir, weights)
-    except TrainingFailed as exc:
-        console.print(f"[red]training failed:[/red] {exc}")
-        return 1
+    # Photos read from the bucket are streamed to files here, for this run only (never held in memory).
+    with tempfile.TemporaryDirectory(prefix="placeid-photos-") as photo_cache:
+        with console.status("loading photos"):
+            if args.folder:  # no cloud client needed: a local folder and catalog
+                examples = from_folder(args.folder, manifest=args.manifest, limit_per_place=args.limit_per_place,
+                                       places=places_filter)
+                catalog = args.catalog or Path(args.folder).parent / "places.json"  # world30's layout
+                places = catalog_snapshot(read_catalog(catalog)) if Path(catalog).is_file() else []
+            else:
+                db = firestore_client(settings.project)
+                bucket = storage_client(settings.project).bucket(settings.curated_bucket_name)
+                examples = from_firestore(db, bucket, photo_cache, limit_per_place=args.limit_per_place,
+                                          places=places_filter)
+                places = [to_json(place) for place in list_places(db)]
+            negatives_dir = settings.data_dir / "negatives" / "images"
+            negatives = load_negatives(negatives_dir) if negatives_dir.is_dir() and not args.no_negatives else []
+        console.print(f"{len(examples)} photos of {len({e.label for e in examples})} places, "
+                      f"{len(negatives)} negatives")
+        try:
+            manifest = run_training(config, examples, negatives, places, out_dir, weights)
+        except TrainingFailed as exc:
+            console.print(f"[red]training failed:[/red] {exc}")
+            return 1
     print_training_summary(out_dir, manifest)
     parity = manifest["parity"]
     if not parity["passed"]:

@@ -45,12 +45,28 @@ def test_split_is_stratified_and_deterministic(examples):
     assert fingerprint(examples) == fingerprint(list(reversed(examples)))
 
 
+def test_folds_have_disjoint_test_photos_and_keep_groups_whole(examples):
+    """Folds 0, 1, 2 deal each place's test share from a different stretch of its groups: the test photos of two
+    folds barely overlap (only where a group straddles a boundary), the proportions hold, groups stay whole."""
+    tests = []
+    for fold in range(3):
+        split_examples(examples, seed=0, distance=8, fold=fold)
+        tests.append({e.sha256 for e in examples if e.split == "test"})
+        for place in PLACES:
+            counts = Counter(e.split for e in examples if e.label == place)
+            assert abs(counts["test"] / sum(counts.values()) - 0.15) < 0.06
+        assert all(len({e.split for e in examples if e.group == g}) == 1 for g in {e.group for e in examples})
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert len(tests[i] & tests[j]) <= 0.1 * len(tests[i]), (i, j)
+
+
 def test_cross_fitting_folds_keep_near_duplicates_together():
     """Folds are dealt by content (the same photos give the same folds in any order) and a near-duplicate group
     (pHash within the distance) never straddles two folds."""
     distinct = [int(h) for h in np.random.default_rng(0).integers(0, 2**63, 40)]  # ~32 bits apart
     phashes = [f"{h:016x}" for h in distinct] + [f"{distinct[0] ^ 1:016x}", f"{distinct[0] ^ 6:016x}"]  # copies of #0
-    photos = [Example(f"p{i}", "", f"{i:064x}", phash, b"") for i, phash in enumerate(phashes)]
+    photos = [Example(f"p{i}", "", f"{i:064x}", phash) for i, phash in enumerate(phashes)]
     folds = fold_of_each(photos, 5, distance=2)
     assert folds.min() >= 0 and folds.max() < 5 and len(set(folds.tolist())) > 1
     assert folds[-2] == folds[-1] == folds[0]
@@ -259,3 +275,46 @@ def test_efficientnet_lite_backbones_scale_their_input_as_they_were_trained(back
     reference = keras.models.load_model(weights, compile=False)((image - 127.0) / 128.0).numpy().mean(axis=(1, 2))
     np.testing.assert_allclose(built.feature_model.predict(image, verbose=0), reference, rtol=1e-4, atol=1e-4)
     assert built.model.predict(image, verbose=0).shape == (1, 3)
+
+
+def test_disk_arrays_round_trip_and_read_back_in_any_order(tmp_path):
+    """What training caches on disk reads back exactly: slices, rows in any order, batches; and it is a valid
+    .npy file for inspection."""
+    from training.disk_arrays import DiskArray
+
+    rows = np.random.default_rng(0).integers(0, 255, (37, 6, 6, 3), dtype=np.uint8)
+    array = DiskArray.write(tmp_path / "photos.npy", (rows[i:i + 10] for i in range(0, 37, 10)), (6, 6, 3), np.uint8)
+    assert array.shape == (37, 6, 6, 3) and np.array_equal(np.load(tmp_path / "photos.npy"), rows)
+    assert np.array_equal(array.read(5, 20), rows[5:20]) and np.array_equal(array.read(30), rows[30:])
+    assert np.array_equal(array.take([36, 0, 7, 7]), rows[[36, 0, 7, 7]])
+    assert np.array_equal(np.concatenate(list(array.batches(8))), rows)
+    with pytest.raises(IndexError):
+        array.take([37])
+    with pytest.raises(ValueError):
+        DiskArray.write(tmp_path / "bad.npy", [rows[:2]], (6, 6, 4), np.uint8)
+
+
+def test_feature_batches_cover_every_row_once_an_epoch_with_its_target_and_weight(tmp_path):
+    """The head's training batches, read from several feature files: every row once per epoch, with its own
+    target and class weight, reshuffled between epochs."""
+    from training.disk_arrays import DiskArray
+    from training.train import FeatureBatches
+
+    first = DiskArray.write(tmp_path / "a.npy", [np.arange(10, dtype=np.float16)[:, None] * [1, 1]], (2,), np.float16)
+    second = DiskArray.write(tmp_path / "b.npy", [np.arange(10, 17, dtype=np.float16)[:, None] * [1, 1]], (2,),
+                             np.float16)
+    targets = np.arange(17) % 3
+    batches = FeatureBatches([first, second], targets, {0: 0.5, 1: 1.0, 2: 2.0}, batch_size=5, seed=0)
+    assert len(batches) == 4
+    orders = []
+    for _ in range(2):
+        seen = []
+        for index in range(len(batches)):
+            features, batch_targets, weights = batches[index]
+            assert features.dtype == np.float32 and np.array_equal(batch_targets, targets[features[:, 0].astype(int)])
+            assert np.array_equal(weights, np.array([0.5, 1.0, 2.0])[batch_targets])
+            seen.extend(features[:, 0].astype(int))
+        assert sorted(seen) == list(range(17))
+        orders.append(seen)
+        batches.on_epoch_end()
+    assert orders[0] != orders[1]

@@ -21,19 +21,24 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Example:
-    """One labelled photo. ``source`` is a local path or a ``gs://`` URI; ``content`` holds its bytes."""
+    """One labelled photo. ``source`` is where it came from (a local path or a ``gs://`` URI); ``path`` is the local
+    file that holds its bytes, read only when they are needed (a run never holds the collection in memory)."""
 
     source: str
     label: str
     sha256: str
     phash: str
-    content: bytes | None = None
+    path: str = ""
     group: int = -1
     split: str = ""
 
+    def read(self) -> bytes:
+        """The photo's bytes."""
+        return Path(self.path or self.source).read_bytes()
+
     def summary(self) -> dict:
         data = asdict(self)
-        data.pop("content")
+        data.pop("path")
         return data
 
 
@@ -78,13 +83,16 @@ def from_folder(folder: Path | str, manifest: Path | str | None = None, limit_pe
     examples = []
     for path, label in sorted(rows):
         data = path.read_bytes()
-        examples.append(Example(str(path), label, hashlib.sha256(data).hexdigest(), _phash(data), data))
+        examples.append(Example(str(path), label, hashlib.sha256(data).hexdigest(), _phash(data)))
     return examples
 
 
-def from_firestore(db, bucket, limit_per_place: int | None = None, places: list[str] | None = None) -> list[Example]:
-    """Accepted images and their labels from ``images`` and their curated copies (read from the bucket each
-    record names, through ``bucket``'s client)."""
+def from_firestore(db, bucket, cache_dir: Path | str, limit_per_place: int | None = None,
+                   places: list[str] | None = None) -> list[Example]:
+    """Accepted images and their labels from ``images``; their curated copies (from the bucket each record names,
+    through ``bucket``'s client) are streamed to files in ``cache_dir``, named by a hash of their URI."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     records = sorted((s.to_dict() for s in accepted_images(db).stream()), key=lambda r: r["image_id"])
     if places:
         records = [r for r in records if r["place_id"] in places]
@@ -94,9 +102,10 @@ def from_firestore(db, bucket, limit_per_place: int | None = None, places: list[
         curated = record.get("curated") or {}
         if not curated.get("written"):
             continue
-        data = bucket.client.bucket(curated_bucket(record)).blob(curated["path"]).download_as_bytes()
+        local = cache_dir / f"{hashlib.sha256(curated['uri'].encode()).hexdigest()}.jpg"
+        bucket.client.bucket(curated_bucket(record)).blob(curated["path"]).download_to_filename(str(local))
         examples.append(Example(curated["uri"], record["place_id"], record["hashes"]["file_sha256"]["hex"],
-                                record["hashes"]["phash"]["hex"], data))
+                                record["hashes"]["phash"]["hex"], str(local)))
     return examples
 
 
@@ -126,12 +135,13 @@ def _group_digest(members: list[Example], prefix: str = "") -> str:
 
 
 def split_examples(examples: list[Example], seed: int = 0, fractions=(0.7, 0.15, 0.15),
-                   distance: int = Settings.near_dup_distance) -> None:
+                   distance: int = Settings.near_dup_distance, fold: int = 0) -> None:
     """Deterministic, stratified by place, group-aware: a near-duplicate group never crosses splits.
 
     Within each place, groups are ordered by a seeded hash of their smallest content hash, then dealt
     to train/val/test so each split gets its fraction of that place's photos (at least one in val and test
-    when the place has three groups or more)."""
+    when the place has three groups or more). ``fold`` k starts the deal k test-shares further along that order,
+    so folds 0, 1, 2 ... have disjoint test photos (up to 1 / test fraction folds): k-fold estimates."""
     group_near_duplicates(examples, distance)
     by_place: dict[str, dict[int, list[Example]]] = defaultdict(lambda: defaultdict(list))
     for example in examples:
@@ -140,6 +150,10 @@ def split_examples(examples: list[Example], seed: int = 0, fractions=(0.7, 0.15,
         ordered = sorted(groups.values(), key=lambda members: _group_digest(members, f"{seed}:"))
         total = sum(len(members) for members in ordered)
         targets = {"val": max(1, round(total * fractions[1])), "test": max(1, round(total * fractions[2]))}
+        if fold:
+            dealt = np.cumsum([len(members) for members in ordered])
+            start = int(np.searchsorted(dealt, (fold * targets["test"]) % total, side="right"))
+            ordered = ordered[start:] + ordered[:start]
         counts = Counter()
         for members in ordered:
             split = "train"
@@ -184,6 +198,6 @@ def load_negatives(folder: Path | str) -> list[Example]:
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file():
             data = path.read_bytes()
-            examples.append(Example(str(path), "", hashlib.sha256(data).hexdigest(), _phash(data), data))
+            examples.append(Example(str(path), "", hashlib.sha256(data).hexdigest(), _phash(data)))
     return examples
 

@@ -71,8 +71,12 @@ def build_paper_cnn(num_classes: int, size: int = 64) -> BuiltModel:
 
 
 def build_transfer(num_classes: int, size: int, backbone_name: str, weights: str | Path | None,
-                   dropout: float = 0.2) -> BuiltModel:
-    """An ImageNet backbone (BatchNorm kept in inference mode), its own input scaling and a softmax head."""
+                   dropout: float = 0.2, none_output: bool = False) -> BuiltModel:
+    """An ImageNet backbone (BatchNorm kept in inference mode), its own input scaling and a softmax head.
+
+    With ``none_output`` the head's softmax has one more output, "no known place" (the last), learned from
+    photos of no landmark (outlier exposure); the model's scores are the places' probabilities only, so they sum
+    to 1 minus that of "none" and every consumer of a bundle reads them as before."""
     spec = BACKBONES[backbone_name]
     if spec["builder"] is None:  # a whole Keras model file (EfficientNet-Lite): feature map out
         if weights in (None, "imagenet"):
@@ -92,9 +96,12 @@ def build_transfer(num_classes: int, size: int, backbone_name: str, weights: str
     feature_model = keras.Model(inputs, features, name="features")
     head_in = keras.Input((features.shape[-1],), name="features")
     h = layers.Dropout(dropout)(head_in)
-    head_out = layers.Dense(num_classes, activation="softmax", name="scores")(h)
+    head_out = layers.Dense(num_classes + int(none_output), activation="softmax", name="scores")(h)
     head = keras.Model(head_in, head_out, name="head")
-    model = keras.Model(inputs, head(features), name=f"placeid_{backbone_name}")
+    scores = head(features)
+    if none_output:
+        scores = layers.Identity(name="place_scores")(scores[:, :num_classes])
+    model = keras.Model(inputs, scores, name=f"placeid_{backbone_name}")
     return BuiltModel(model, backbone, feature_model, head)
 
 
