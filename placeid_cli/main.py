@@ -174,7 +174,7 @@ def cmd_train(args) -> int:
     settings = _settings(args)
     try:
         config = TrainConfig.for_model(args.model, backbone=args.backbone, backbone_weights=args.backbone_weights,
-                                       seed=args.seed, near_dup_distance=settings.near_dup_distance,
+                                       seed=args.seed, fold=args.fold, near_dup_distance=settings.near_dup_distance,
                                        min_int8_agreement=args.min_int8_agreement,
                                        mirror_below_margin=args.mirror_below_margin,
                                        fine_tune_epochs=args.fine_tune_epochs,
@@ -501,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answers whose top-1 - top-2 margin is below this are averaged with the mirror "
                             "image's (0 = never; default: TrainConfig's)")
     train.add_argument("--seed", type=int, help="random seed (default: TrainConfig's)")
+    train.add_argument("--fold", type=int,
+                       help="which disjoint share of each place's photos is the test split (0, 1, 2 ...: k-fold "
+                            "estimates; default 0)")
     train.add_argument("--min-int8-agreement", type=float,
                        help="parity gate: least int8/Keras top-1 agreement (95 %% lower bound) on the held-out photos' "
                             "views (default: TrainConfig's)")

@@ -19,6 +19,7 @@ def quiet_library_output():
     logs, from Python and C++ alike) out of the run's output: Python's sys.stdout/sys.stderr and file descriptors
     1 and 2 go to a temporary file for the duration, which is shown only when the block fails. Progress bars and
     summaries are printed outside."""
+    tf.get_logger()  # its handler binds to the sys.stderr of its first use: the real one, not this block's
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))

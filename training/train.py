@@ -9,6 +9,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
@@ -85,7 +86,7 @@ class TrainConfig:
     # negatives it rejects is measured by cross-fitting (heads re-fitted without each fold of negatives).
     none_output: bool = True
     none_weight: float = 0.5  # a negative's loss weight next to a landmark photo's (its class weight)
-    target_landmark_rejection: float = 0.025
+    target_landmark_rejection: float = 0.03
     # Without the "none" output (the paper's CNN, or none_output=False), the threshold rejects all but this share of
     # the negatives instead (split-conformal on them).
     target_false_accept: float = 0.10
@@ -431,6 +432,7 @@ def train_model(config: TrainConfig, x_train: DiskArray, y_train: np.ndarray, x_
                           name=f"{built.model.name}_with_features")
     if not use_none:
         return TrainedModel(built.model, shipped, history)
+
     def refit_head(keep_photos: np.ndarray) -> keras.Model:
         """A head trained as the shipped one was (its last stage, from fresh weights), on the same features
         but only the negatives whose photo index is in ``keep_photos``: it has never seen the others."""
@@ -453,7 +455,7 @@ class TrainedModel:
     model: keras.Model
     shipped: keras.Model
     history: dict
-    refit_head: object | None = None  # (photo indices of the negatives to keep) -> a head that never saw the rest
+    refit_head: Callable[[np.ndarray], keras.Model] | None = None  # negatives to keep -> a head blind to the rest
 
 
 @dataclass
@@ -716,7 +718,7 @@ def calibrate_with_none_output(config: TrainConfig, photos: PreparedPhotos, int8
     for held_out in tqdm(np.unique(fold), desc="unknown place: cross-fitting", unit="fold",
                          disable=not config.show_progress):
         head = refit_head(np.flatnonzero(fold != held_out))
-        probs = {name: head.predict(int8.features[name], batch_size=256, verbose=0)[:, :count]
+        probs = {name: np.asarray(head(int8.features[name], training=False))[:, :count]
                  for name in ("val", "test", "negatives")}
         fold_probs[int(held_out)] = probs
         row = {"held_out": int((fold == held_out).sum()), "kinds": {}}
