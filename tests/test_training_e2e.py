@@ -73,6 +73,10 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
             assert 0.0 <= metrics[name][key] <= 1.0
         assert np.asarray(metrics[name]["confusion_matrix"]).shape == (4, 4)
     assert config.min_int8_agreement <= metrics["int8_keras_top1_agreement"] <= 1.0
+    # The gate compares answers: the same place, or "unknown place" from both (the rule is applied to each).
+    parity = metrics["parity"]
+    assert parity["compares"].startswith("answers") and parity["views"] == 4 * parity["photos"]
+    assert 0 < parity["agreement_lower_95"] < parity["agreement"] <= 1 and 0 < parity["top1_agreement"] <= 1
     assert 0 <= metrics["unknown_place"]["negatives_rejected"] <= 1
     tradeoff = metrics["unknown_place"]["tradeoff"]
     assert metrics["unknown_place"]["rule"]["kind"] in tradeoff
