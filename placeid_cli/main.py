@@ -263,7 +263,7 @@ def print_training_summary(out_dir: Path, manifest: dict) -> None:
                       f"{unknown['landmarks_wrongly_rejected']:.1%} of test landmark photos wrongly rejected "
                       f"({len(unknown['folds'])}-fold cross-fitting)")
     parity = metrics["parity"]
-    console.print(f"int8 vs Keras top-1 agreement {parity['agreement']:.2%} of {parity['views']} held-out views "
+    console.print(f"int8 vs Keras: the same answer on {parity['agreement']:.2%} of {parity['views']} held-out views "
                   f"(95 % lower bound {parity['agreement_lower_95']:.2%}, gate {parity['required']:.0%}: "
                   f"{'passed' if parity['passed'] else 'FAILED'}); test split {metrics['int8_keras_top1_agreement']:.2%}; "
                   f"trained in {metrics['train_seconds']:.0f} s, run {metrics['total_seconds']:.0f} s; "
@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which disjoint share of each place's photos is the test split (0, 1, 2 ...: k-fold "
                             "estimates; default 0)")
     train.add_argument("--min-int8-agreement", type=float,
-                       help="parity gate: least int8/Keras top-1 agreement (95 %% lower bound) on the held-out photos' "
+                       help="parity gate: least int8/Keras agreement of answers (95 %% lower bound) on the held-out photos' "
                             "views (default: TrainConfig's)")
     train.add_argument("--out", default="runs", help="folder for run outputs")
     train.add_argument("--register", action="store_true", help="upload the bundle and record it")
