@@ -394,13 +394,17 @@ def train_model(config: TrainConfig, x_train: DiskArray, y_train: np.ndarray, x_
         snap_weights_to_int8(built.backbone)
     robust = config.quantization_robust_head
     # Stage 1: the head, on features of clean and augmented views (the frozen backbone runs once per view).
+    def training_and_negative_views(stage: str, int8_run):
+        """view_features of the training photos, and of the negatives (target "none") when the head learns it."""
+        photos = view_features(stage, x_train, y_train, int8_run)
+        negative = (view_features(f"negative_{stage}", negatives, np.full(len(negatives), num_classes), int8_run)
+                    if use_none else (None, None, None, None))
+        return photos, negative
+
     int8_run = int8_feature_runner() if robust and config.fine_tune_epochs == 0 else None
-    float_views, int8_views, view_targets, _ = view_features("views", x_train, y_train, int8_run)
-    negative_views = negative_photo = None
-    if use_none:
-        negative_float, negative_int8, _, negative_photo = view_features(
-            "negative_views", negatives, np.full(len(negatives), num_classes), int8_run)
-        negative_views = [negative_float]
+    (float_views, int8_views, view_targets, _), (negative_float, negative_int8, _, negative_photo) = \
+        training_and_negative_views("views", int8_run)
+    negative_views = [negative_float] if use_none else None
     val_features = validation_features()
     fit_shipped_head("head", [float_views], view_targets, val_features, negative_views)
     # Stage 2: fine-tune the top of the backbone on augmented images; then fresh views' features.
@@ -412,11 +416,8 @@ def train_model(config: TrainConfig, x_train: DiskArray, y_train: np.ndarray, x_
         if config.snap_weights:
             snap_weights_to_int8(built.backbone)
         if robust:
-            int8_run = int8_feature_runner()
-            float_views, int8_views, view_targets, _ = view_features("tuned_views", x_train, y_train, int8_run)
-            if use_none:
-                negative_float, negative_int8, _, negative_photo = view_features(
-                    "tuned_negative_views", negatives, np.full(len(negatives), num_classes), int8_run)
+            (float_views, int8_views, view_targets, _), (negative_float, negative_int8, _, negative_photo) = \
+                training_and_negative_views("tuned_views", int8_feature_runner())
             val_features = validation_features()
     # Stage 3: re-fit the head on the features of the float backbone *and* of its int8 conversion, so fewer
     # decisions hinge on quantization noise (int8 features differ from float ones by ~15 % in L2). With the
@@ -550,9 +551,11 @@ def export_models(config: TrainConfig, model, shipped, photos: PreparedPhotos, m
 
 
 def keras_runner(model, batch: int = 64):
-    """``model`` as a runner of uint8 images (probabilities, no features), the shape run_with_mirror takes."""
-    def run(images: np.ndarray) -> tuple[np.ndarray, None]:
-        return model.predict(images.astype(np.float32), batch_size=batch, verbose=0), None
+    """``model`` as a runner of uint8 images, the shape run_with_mirror takes: (probabilities, features), the
+    features from a second output (the model that ships) or None."""
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = model.predict(images.astype(np.float32), batch_size=batch, verbose=0)
+        return (outputs[0], outputs[1]) if isinstance(outputs, (list, tuple)) else (outputs, None)
 
     return run
 
@@ -619,9 +622,7 @@ def parity_gate(model, int8: TFLiteModel, photos: PreparedPhotos, required: floa
     lower bound of the answers' agreement is at least ``required``: hundreds of photos times four views make the
     bound tight, so a few answers flipping between runs do not flip the decision. ``model`` is the Keras model
     that ships (scores and features); the top-1 agreement alone is reported too."""
-    def keras_run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        outputs = model.predict(images.astype(np.float32), batch_size=batch, verbose=0)
-        return (outputs[0], outputs[1]) if isinstance(outputs, (list, tuple)) else (outputs, None)
+    keras_run = keras_runner(model, batch)
 
     def answers(run, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities, features = run_with_mirror(run, views, mirror)
