@@ -16,6 +16,7 @@ from placeid.catalog import list_places, to_json
 from placeid_edge.errors import BadRequest
 from placeid.ingest import Ingestor, StoredObject
 from placeid_edge.preprocess import prepare_image
+from placeid_edge.rejection import FEATURE_RULES, RULE_KINDS
 from placeid_edge.runtime import TFLiteModel, run_with_mirror
 from tests.events import upload
 from training.dataset import from_firestore, load_negatives
@@ -94,14 +95,14 @@ def test_train_register_promote_rollback(ingested, db, bucket, settings, data_di
     # (at most the target share of them rejected), and every rule kind was measured.
     assert rule["none_output"] and rule["target_landmark_rejection"] == config.target_landmark_rejection
     assert rule["calibration_landmark_rejected"] <= config.target_landmark_rejection
-    assert set(unknown["candidates"]) == {"max_prob", "margin", "prototype_cosine", "prototype_and_prob"}
+    assert set(unknown["candidates"]) == set(RULE_KINDS)
     assert unknown["negatives_rejected"] == max(c["negatives_rejected"] for c in unknown["candidates"].values())
     # Rates on new photos come from heads that did not see them: each negative is held out by one fold.
     assert len(unknown["folds"]) > 1 and all(fold["held_out"] > 0 for fold in unknown["folds"])
     assert sum(fold["held_out"] for fold in unknown["folds"]) == unknown["negatives"] == 40
     assert unknown["landmarks_wrongly_rejected"] == pytest.approx(
         np.mean([fold["landmarks_wrongly_rejected"] for fold in unknown["folds"]]))
-    if rule["kind"] in ("prototype_cosine", "prototype_and_prob"):
+    if rule["kind"] in FEATURE_RULES:
         prototypes = np.load(run_dir / rule["prototypes_file"])
         assert prototypes.shape == (4 * config.prototypes_per_place, 1280)
     test = [e for e in examples if e.split == "test"]

@@ -182,6 +182,25 @@ def test_prototype_and_prob_rule_keeps_a_half_familiar_photo_the_classifier_is_s
     assert apply_rejection(probabilities, rule, features, prototypes).tolist() == [False, True]
 
 
+def test_prototype_and_known_rule_adds_the_known_place_share_to_the_cosine():
+    """``prototype_and_known`` = cosine + KNOWN_WEIGHT x the sum of the places' probabilities (1 - p(none) for a
+    model with a "no known place" output): of two photos equally close to a prototype, the one the model gives to
+    "none" is unknown; a model without that output (probabilities summing to 1) ranks photos by cosine alone."""
+    from placeid_edge.rejection import KNOWN_WEIGHT, rejection_score
+
+    prototypes = np.repeat(np.eye(3, 8), 2, axis=0)
+    features = np.array([[1.0, 0.2, 0, 0, 0, 0, 0, 0], [1.0, 0.2, 0, 0, 0, 0, 0, 0], [1.0, 1.0, 0, 0, 0, 0, 0, 0]])
+    with_none = np.array([[0.85, 0.05, 0.05], [0.2, 0.05, 0.05], [0.85, 0.05, 0.05]])  # rows 0, 2: p(none) 0.05
+    cosine = rejection_score(with_none, "prototype_cosine", features, prototypes)
+    known = rejection_score(with_none, "prototype_and_known", features, prototypes)
+    assert known == pytest.approx(cosine + KNOWN_WEIGHT * np.array([0.95, 0.3, 0.95]), abs=1e-6)
+    rule = {"kind": "prototype_and_known", "threshold": float(cosine[0] + KNOWN_WEIGHT * 0.6)}
+    assert apply_rejection(with_none, rule, features, prototypes).tolist() == [False, True, True]
+    summing_to_one = with_none / with_none.sum(axis=1, keepdims=True)
+    assert rejection_score(summing_to_one, "prototype_and_known", features, prototypes) == \
+        pytest.approx(cosine + KNOWN_WEIGHT, abs=1e-6)
+
+
 def test_snapped_kernels_are_exactly_what_the_int8_model_stores():
     """After snapping, the int8 conversion stores each kernel without further rounding: dequantized TFLite
     weights equal the Keras kernels (so Keras and int8 differ only by activation rounding)."""

@@ -9,16 +9,22 @@ every consumer of a bundle. A photo is 'unknown' when its score is below the rul
   however confident the softmax is;
 - ``prototype_and_prob``: that similarity plus ``PROB_WEIGHT`` x the top-1 probability: a photo must look
   like a known place, and a photo that only half does is kept when the classifier is sure of it (measured on
-  world30: fewer landmark photos wrongly rejected at the same share of negatives, README, Training)."""
+  world30: fewer landmark photos wrongly rejected at the same share of negatives, README, Training);
+- ``prototype_and_known``: that similarity plus ``KNOWN_WEIGHT`` x the probability that the photo shows one of
+  the known places at all (the sum of the places' probabilities: 1 - p(none) for a model trained with a "no
+  known place" output, whose scores leave that share out; always 1 otherwise). The classifier's "none" and the
+  features' distance are two votes that fail on different photos."""
 
 from __future__ import annotations
 
 import numpy as np
 
-RULE_KINDS = ("max_prob", "margin", "prototype_cosine", "prototype_and_prob")
-FEATURE_RULES = ("prototype_cosine", "prototype_and_prob")
+RULE_KINDS = ("max_prob", "margin", "prototype_cosine", "prototype_and_prob", "prototype_and_known")
+FEATURE_RULES = ("prototype_cosine", "prototype_and_prob", "prototype_and_known")
 #: The weight of the top-1 probability (0-1) next to the cosine similarity (about 0.4-0.8 on real photos).
 PROB_WEIGHT = 0.1
+#: The weight of the known-place probability (0-1) next to the cosine similarity.
+KNOWN_WEIGHT = 0.5
 
 
 def unit_rows(values: np.ndarray) -> np.ndarray:
@@ -36,7 +42,11 @@ def rejection_score(probabilities: np.ndarray, kind: str, features: np.ndarray |
         if features is None or prototypes is None:
             raise ValueError(f"the {kind} rule needs the model's features and the bundle's prototypes")
         similarity = (unit_rows(np.atleast_2d(features)) @ unit_rows(prototypes).T).max(axis=1)
-        return similarity if kind == "prototype_cosine" else similarity + PROB_WEIGHT * probabilities.max(axis=1)
+        if kind == "prototype_cosine":
+            return similarity
+        if kind == "prototype_and_prob":
+            return similarity + PROB_WEIGHT * probabilities.max(axis=1)
+        return similarity + KNOWN_WEIGHT * probabilities.sum(axis=1)
     ordered = np.sort(probabilities, axis=1)
     if kind == "max_prob":
         return ordered[:, -1]
