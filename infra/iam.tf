@@ -38,6 +38,13 @@ resource "google_storage_bucket_iam_member" "ingest_writes_curated" {
   member = google_service_account.ingest.member
 }
 
+# ingest vets each photo with the serving model (placeid.vetting): it reads bundles and the serving pointer.
+resource "google_storage_bucket_iam_member" "ingest_reads_models" {
+  bucket = google_storage_bucket.models.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.ingest.member
+}
+
 resource "google_project_iam_member" "ingest_firestore" {
   project = var.project_id
   role    = "roles/datastore.user"

@@ -21,6 +21,8 @@ GEOHASH_PRECISION = 9  # ~5 m cells: fine enough for any radius a user asks for
 SITE_KINDS = ("attraction", "restaurant", "lodging")
 #: What a place id looks like: also a path segment (raw/<place_id>/) and a Firestore document id.
 PLACE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+#: The raw/ folder of unlabelled uploads (raw/inbox/<file>: the serving model labels them): never a place id.
+INBOX = "inbox"
 
 
 def _check_point(lat: float, lng: float) -> None:
@@ -126,6 +128,8 @@ def normalize_place(raw: dict, order: int) -> tuple[dict, list[tuple[str, dict]]
     place_id = raw.get("place_id", "")
     if not PLACE_ID.match(place_id):
         raise BadRequest(f"invalid place_id {place_id!r}: lowercase letters, digits and '-' only")
+    if place_id == INBOX:
+        raise BadRequest(f"{INBOX!r} cannot be a place id: raw/{INBOX}/ holds unlabelled uploads")
     if "name" not in raw or "location" not in raw:
         raise BadRequest(f"place {place_id!r} needs a name and a location")
     point, geohash = _geo(raw["location"])

@@ -62,6 +62,7 @@ ENV_VARS = {
     "cors_origins": "PLACEID_CORS_ORIGINS",
     "weights": "PLACEID_WEIGHTS",
     "collect_allow_private": "PLACEID_COLLECT_ALLOW_PRIVATE",
+    "vet_uploads": "PLACEID_VET_UPLOADS",
     "max_event_age_s": "PLACEID_MAX_EVENT_AGE_S",
     "decode_budget_mb": "PLACEID_DECODE_BUDGET_MB",
     "body_budget_mb": "PLACEID_BODY_BUDGET_MB",
@@ -118,6 +119,7 @@ class Settings:
     cors_origins: str = ""  # comma-separated origins allowed to call predict from a browser, or *
     weights: Path | None = None  # ImageNet backbones; None = weights/ beside the data folder
     collect_allow_private: bool = False  # let the URL collector fetch from loopback/private addresses (local tests)
+    vet_uploads: bool = True  # ingest asks the serving model about each photo (placeid.vetting)
     max_event_age_s: float = 3600.0  # ingest retries transient faults for events younger than this, then records
     # Memory (MiB) that image decodes in flight may hold at once, per process (predict and ingest; estimated from
     # each header before decoding): a decode that does not fit waits up to decode_wait_s (predict; then 503) or

@@ -23,7 +23,7 @@ from google.cloud import firestore
 from google.cloud.storage.retry import DEFAULT_RETRY as STORAGE_RETRY
 from PIL import Image
 
-from placeid.catalog import PLACE_ID
+from placeid.catalog import INBOX, PLACE_ID
 from placeid.config import Settings
 from placeid_edge.errors import InvalidImage, TooLarge, TransientError, UnsupportedMediaType
 from placeid.images import (
@@ -64,6 +64,9 @@ from placeid_edge.imaging import (
 )
 from placeid.logs import get_logger, log
 from placeid.neardup import NearDuplicateIndex
+from placeid.registry import Registry
+from placeid.serving import ModelCache
+from placeid.vetting import LABELLED, Vetter
 from placeid.store import (
     IMAGES,
     PLACES,
@@ -128,13 +131,14 @@ def unsafe_name_problem(relative_name: str) -> str | None:
 
 def label_from(obj: StoredObject, settings: Settings) -> tuple[str | None, str | None, str | None]:
     """(place_id, label_source, problem) from ``raw/<place_id>/...`` and/or the ``place_id`` metadata; a
-    label must match the catalog's place-id pattern before it goes anywhere near Firestore."""
+    label must match the catalog's place-id pattern before it goes anywhere near Firestore. An upload under
+    ``raw/inbox/`` or directly under ``raw/`` with no metadata label is unlabelled: (None, None, None)."""
     relative = obj.name[len(settings.raw_prefix):]
     problem = unsafe_name_problem(relative)
     if problem:
         return None, None, problem
     parts = relative.split("/")
-    from_path = parts[0] if len(parts) >= 2 else None
+    from_path = parts[0] if len(parts) >= 2 and parts[0] != INBOX else None
     from_meta = str(obj.metadata.get("place_id") or "").strip() or None
     for label, source in ((from_path, "path"), (from_meta, "metadata")):
         if label is not None and not PLACE_ID.match(label):
@@ -146,7 +150,11 @@ def label_from(obj: StoredObject, settings: Settings) -> tuple[str | None, str |
         return from_path, "path", None
     if from_meta:
         return from_meta, "metadata", None
-    return None, None, "no place label: not under raw/<place_id>/ and no place_id metadata"
+    return None, None, None
+
+
+#: Why an unlabelled photo is quarantined when no model could label it.
+NO_LABEL = "no place label: not under raw/<place_id>/ and no place_id metadata, and no model labelled it"
 
 
 def event_age_s(event_time: str | datetime | None, now: datetime | None = None) -> float | None:
@@ -242,6 +250,8 @@ class Ingestor:
                                 auto_bytes=DEFAULT_BUDGET_BYTES, body_mb=self.settings.body_budget_mb,
                                 body_auto_bytes=BODIES_IN_FLIGHT * self.settings.max_object_bytes)
         self.index = NearDuplicateIndex(self.db, self.settings.near_dup_distance, self.call_options)
+        registry = Registry(self.db, self.gcs.bucket(self.settings.models_bucket_name))
+        self.vetter = Vetter(self.settings, ModelCache(self.settings, registry))
         self._known_places: dict[str, float] = {}
 
     # -- entry points -------------------------------------------------------------------------
@@ -341,6 +351,8 @@ class Ingestor:
         place_id, label_source, problem = label_from(obj, self.settings)
         if place_id and not problem and not self.place_exists(place_id):
             problem = f"unknown place id {place_id!r}"
+        if not problem:
+            place_id, label_source, problem = self._vet(record, curated, place_id, label_source)
         record.update(place_id=place_id, label_source=label_source)
 
         record = self._decide_and_commit(image_ref, record, problem)
@@ -349,6 +361,21 @@ class Ingestor:
         if record["status"] == ACCEPTED:
             record = self.write_curated_copy(image_ref, record, curated)
         return record
+
+    def _vet(self, record: dict, curated, place_id: str | None,
+             label_source: str | None) -> tuple[str | None, str | None, str | None]:
+        """The serving model's verdict on the photo (``record["vetting"]``), and the (place_id, label_source,
+        problem) that follow: an unlabelled photo the model is sure of takes its label; a suspect or an unsure
+        photo gets the reason it is quarantined for; an unlabelled one no model could label, NO_LABEL."""
+        verdict = self.vetter.vet(curated, place_id)
+        record["vetting"] = verdict.record
+        if verdict.outcome == LABELLED:
+            if not self.place_exists(verdict.place_id):
+                return None, None, f"the model's label {verdict.place_id!r} is not in the catalog"
+            return verdict.place_id, "model", None
+        if verdict.quarantine:
+            return place_id, label_source, verdict.reason
+        return place_id, label_source, None if place_id else NO_LABEL
 
     def _decode_and_hash(self, data: bytes, record: dict):
         """:func:`decode_and_hash` within the process's decode memory budget (reserved from the header's

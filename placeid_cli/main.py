@@ -262,6 +262,16 @@ def print_training_summary(out_dir: Path, manifest: dict) -> None:
                       f"{unknown['negatives_rejected']:.1%} of unseen negatives rejected, "
                       f"{unknown['landmarks_wrongly_rejected']:.1%} of test landmark photos wrongly rejected "
                       f"({len(unknown['folds'])}-fold cross-fitting)")
+    vetting = metrics.get("vetting")
+    if vetting and vetting["auto_label_threshold"] is not None:
+        test = vetting["test"]
+        precision = "no test photo" if test["auto_label_precision"] is None else f"{test['auto_label_precision']:.1%} right"
+        console.print(f"vetting uploads: labels from top-1 >= {vetting['auto_label_threshold']:.3f}: "
+                      f"{test['auto_labelled_share']:.0%} of test photos, {precision}; "
+                      f"{test['suspect']} of {test['photos']} flagged suspect")
+    elif vetting:
+        console.print(f"vetting uploads: the model is never {vetting['target_precision']:.0%} sure on the "
+                      "validation photos: it will not label photos or contradict labels")
     parity = metrics["parity"]
     console.print(f"int8 vs Keras: the same answer on {parity['agreement']:.2%} of {parity['views']} held-out views "
                   f"(95 % lower bound {parity['agreement_lower_95']:.2%}, gate {parity['required']:.0%}: "

@@ -13,15 +13,17 @@ from placeid.registry import Registry
 from placeid_edge.bundle import bundle_files
 
 
-def publish(db, bucket, run_dir: Path, scratch: Path, version: str | None = None, force: bool = False) -> str:
-    """Register the bundle files of ``run_dir`` (as ``version`` when given: a copy whose manifest names it)
-    and promote it; returns the version now served."""
+def publish(db, bucket, run_dir: Path, scratch: Path, version: str | None = None, force: bool = False,
+            manifest_changes: dict | None = None) -> str:
+    """Register the bundle files of ``run_dir`` (as ``version`` when given: a copy whose manifest names it,
+    with ``manifest_changes`` applied) and promote it; returns the version now served."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     copy = scratch / f"bundle-{version or manifest['version']}"
     copy.mkdir(parents=True, exist_ok=True)
     for name in bundle_files(manifest):
         shutil.copy(run_dir / name, copy / name)
     manifest["version"] = version or manifest["version"]
+    manifest.update(manifest_changes or {})
     manifest["files"] = {name: digest for name, digest in manifest["files"].items() if (copy / name).exists()}
     (copy / "manifest.json").write_text(json.dumps(manifest))
     registry = Registry(db, bucket)

@@ -369,3 +369,36 @@ print((psutil.Process().memory_info().rss - before) / 2**20)
     assert result.returncode == 0, result.stderr[-2000:]
     growth_mib = float(result.stdout.strip().splitlines()[-1])
     assert growth_mib < 20, f"memory grew {growth_mib:.0f} MiB over 1,280 augmented photos"
+
+
+def test_label_threshold_is_the_lowest_probability_keeping_the_precision():
+    """Answers ranked from the most confident down: the threshold is the lowest probability at which the trusted
+    ones are still right often enough, never cutting between equal probabilities, and None when even the surest
+    answers are too often wrong or too few."""
+    from training.evaluate import label_threshold
+
+    top = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.90, 0.80, 0.70])
+    right = np.array([1, 1, 1, 1, 1, 0, 1, 0], dtype=bool)
+    assert label_threshold(top, right, 1.0, 1) == pytest.approx(0.95)
+    assert label_threshold(top, right, 0.85, 1) == pytest.approx(0.80)  # 6 of 7 right
+    assert label_threshold(top, right, 1.0, 6) is None  # 100 % only holds on 5 photos
+    tied = np.array([0.99, 0.95, 0.95, 0.5])
+    assert label_threshold(tied, np.array([1, 1, 0, 1], dtype=bool), 0.9, 1) == pytest.approx(0.99)
+    assert label_threshold(top, np.zeros(8, dtype=bool), 0.5, 1) is None
+
+
+def test_vetting_answers_count_labels_and_suspects():
+    """Photos the rule answers unknown are suspects and never labelled; a confident answer is a label (right or
+    wrong) and, when it is another place than the photo's label, a suspect too."""
+    from training.evaluate import vetting_answers
+
+    probs = np.array([[0.97, 0.02, 0.01], [0.05, 0.94, 0.01], [0.6, 0.3, 0.1], [0.96, 0.02, 0.02]])
+    targets = np.array([0, 0, 0, 2])
+    unknown = np.array([False, False, False, True])
+    found = vetting_answers(probs, targets, unknown, 0.9)
+    assert found["auto_labelled"] == 2 and found["auto_label_precision"] == 0.5
+    assert found["suspect"] == 2 and found["suspect_unknown"] == 1 and found["suspect_contradicted"] == 1
+    low, high = found["auto_label_precision_95"]
+    assert low < 0.5 < high
+    never = vetting_answers(probs, targets, unknown, None)
+    assert never["auto_labelled"] == 0 and never["auto_label_precision"] is None and never["suspect"] == 1

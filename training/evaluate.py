@@ -89,6 +89,51 @@ def calibrate_rejection(landmark_probs: np.ndarray, negative_probs: np.ndarray, 
     return {**best, "candidates_landmark_rejected": candidates}
 
 
+def label_threshold(top_probability: np.ndarray, correct: np.ndarray, target_precision: float,
+                    min_photos: int) -> float | None:
+    """The lowest top-1 probability at which the model's answers, taken from the most confident down, are still
+    right on at least ``target_precision`` of the photos (and on at least ``min_photos`` of them): the model's
+    answer is trusted as a label at or above it. None when no such threshold exists. ``top_probability`` and
+    ``correct`` describe the photos the rule did not answer "unknown"."""
+    order = np.argsort(-np.asarray(top_probability, dtype=np.float64), kind="stable")
+    ranked, right = np.asarray(top_probability, dtype=np.float64)[order], np.asarray(correct, dtype=bool)[order]
+    precision = np.cumsum(right) / np.arange(1, len(right) + 1)
+    # Only cut between distinct probabilities: every photo scoring the threshold is trusted alike.
+    last_of_value = np.append(ranked[1:] != ranked[:-1], True)
+    good = np.flatnonzero((precision >= target_precision) & last_of_value & (np.arange(1, len(right) + 1) >= min_photos))
+    return float(ranked[good[-1]]) if len(good) else None
+
+
+def vetting_answers(probabilities: np.ndarray, targets: np.ndarray, unknown: np.ndarray,
+                    threshold: float | None) -> dict:
+    """What vetting would do with held-out photos whose labels are ``targets``: the share auto-labelled (known
+    place, top-1 probability >= ``threshold``) and how many of those labels are right (with its 95 % Wilson
+    interval), and the share flagged ``suspect`` (answered unknown, or confidently another place)."""
+    top = probabilities.argmax(axis=1)
+    confident = ~unknown & (probabilities.max(axis=1) >= (np.inf if threshold is None else threshold))
+    right = int((top[confident] == targets[confident]).sum())
+    labelled = int(confident.sum())
+    contradicted = confident & (top != targets)
+    low, high = wilson_interval(right, labelled)
+    return {"photos": int(len(targets)), "auto_labelled": labelled,
+            "auto_labelled_share": round(labelled / max(len(targets), 1), 4),
+            "auto_label_precision": round(right / labelled, 4) if labelled else None,
+            "auto_label_precision_95": [round(low, 4), round(high, 4)] if labelled else None,
+            "suspect": int((unknown | contradicted).sum()), "suspect_unknown": int(unknown.sum()),
+            "suspect_contradicted": int(contradicted.sum()),
+            "suspect_share": round(float((unknown | contradicted).mean()), 4)}
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (0, 1 when ``total`` is 0)."""
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
 @contextmanager
 def _figure(path: Path, *args, **kwargs):
     """A matplotlib figure (headless) saved to ``path`` as PNG when the block ends."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -90,6 +89,11 @@ class TrainConfig:
     # Without the "none" output (the paper's CNN, or none_output=False), the threshold rejects all but this share of
     # the negatives instead (split-conformal on them).
     target_false_accept: float = 0.10
+    # Vetting the collection (placeid.vetting): the model's answer is trusted as a label, or to contradict one, from
+    # the top-1 probability at which its answers on the validation photos are right this often (at least
+    # auto_label_min_photos of them); the share right on the test photos is measured and ships in the manifest.
+    auto_label_precision: float = 0.99
+    auto_label_min_photos: int = 20
     rejection_folds: int = 10  # cross-fitting folds that measure the unknown-place rule on unseen negatives
     prototypes_per_place: int = 5  # k-means centres of each place's features, for the prototype rules
     # The parity gate: with 95 % confidence (Wilson lower bound), the int8 model gives Keras's top-1 answer on at
@@ -510,6 +514,7 @@ def _run_training(config: TrainConfig, examples: list[Example], negatives: list[
                                     prototypes)
     if metrics["unknown_place"] is None:
         del metrics["unknown_place"]
+    metrics["vetting"] = calibrate_vetting(config, photos, int8, rule, prototypes)
     metrics["model_bytes"] = {**{name: path.stat().st_size for name, path in tflite_files.items()},
                               "keras_float32_params": int(model.count_params()),
                               "keras_float32_bytes": int(model.count_params()) * 4}
@@ -602,16 +607,6 @@ def parity_views(images: np.ndarray) -> np.ndarray:
     return views.reshape(-1, size, size, 3)
 
 
-def wilson_lower(successes: int, total: int, z: float = 1.96) -> float:
-    """The lower end of the Wilson score interval of a proportion (95 % two-sided at z = 1.96)."""
-    if total == 0:
-        return 0.0
-    p = successes / total
-    centre = p + z * z / (2 * total)
-    spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return (centre - spread) / (1 + z * z / total)
-
-
 def parity_gate(model, int8: TFLiteModel, photos: PreparedPhotos, required: float, mirror: float,
                 rule: dict | None = None, prototypes: np.ndarray | None = None, batch: int = 64) -> dict:
     """Does the int8 model give Keras's answer? Compared on every held-out photo (validation and test) in
@@ -637,7 +632,7 @@ def parity_gate(model, int8: TFLiteModel, photos: PreparedPhotos, required: floa
         agree += int((keras_answer == int8_answer).sum())
         agree_top1 += int((keras_top1 == int8_top1).sum())
         total += len(views)
-    lower = wilson_lower(agree, total)
+    lower = evaluate.wilson_interval(agree, total)[0]
     return {"photos": len(photos.arrays["val"]) + len(photos.arrays["test"]), "views_per_photo": len(PARITY_VIEWS),
             "views": total, "agreeing": agree, "agreement": round(agree / total, 5),
             "agreement_lower_95": round(lower, 5), "required": required, "passed": bool(lower >= required),
@@ -776,6 +771,26 @@ def calibrate_with_none_output(config: TrainConfig, photos: PreparedPhotos, int8
     }
 
 
+def calibrate_vetting(config: TrainConfig, photos: PreparedPhotos, int8: ShippedModel, rule: dict | None,
+                      prototypes: np.ndarray | None) -> dict:
+    """How sure the shipped model must be for its answer to label a photo, or to contradict a photo's label
+    (placeid.vetting): the threshold from the validation photos (:func:`evaluate.label_threshold`,
+    ``auto_label_precision``), and what it does on the test photos (the labels' precision, the share
+    auto-labelled, the share flagged suspect), as served: int8, mirror-averaged, under the run's rule."""
+    def answers(name: str) -> tuple[np.ndarray, np.ndarray]:
+        probs = int8.probs[name]
+        return probs, apply_rejection(probs, rule, int8.features[name], prototypes)
+
+    probs, unknown = answers("val")
+    known, targets = ~unknown, photos.targets["val"]
+    threshold = evaluate.label_threshold(probs[known].max(axis=1), probs[known].argmax(axis=1) == targets[known],
+                                         config.auto_label_precision, config.auto_label_min_photos)
+    test_probs, test_unknown = answers("test")
+    return {"auto_label_threshold": threshold, "target_precision": config.auto_label_precision,
+            "calibration": evaluate.vetting_answers(probs, targets, unknown, threshold),
+            "test": evaluate.vetting_answers(test_probs, photos.targets["test"], test_unknown, threshold)}
+
+
 def write_run_outputs(config: TrainConfig, photos: PreparedPhotos, examples: list[Example], metrics: dict,
                       history: dict, out_dir: Path) -> None:
     """Labels, metrics, the split, the training history and the plots: kept whether or not the run ships."""
@@ -826,6 +841,12 @@ def write_manifest(config: TrainConfig, examples: list[Example], places: list[di
                         "landmarks_wrongly_rejected": metrics["unknown_place"]["landmarks_wrongly_rejected"]}
                        if rule else {})},
         "parity": metrics["parity"],  # registry.register refuses a run whose gate failed
+        # placeid.vetting: the top-1 probability from which the model labels a photo or contradicts its label
+        "vetting": {"auto_label_threshold": metrics["vetting"]["auto_label_threshold"],
+                    "target_precision": metrics["vetting"]["target_precision"],
+                    "test_precision": metrics["vetting"]["test"]["auto_label_precision"],
+                    "test_precision_95": metrics["vetting"]["test"]["auto_label_precision_95"],
+                    "test_auto_labelled_share": metrics["vetting"]["test"]["auto_labelled_share"]},
         "data_fingerprint": data_fingerprint,
         "config": {k: v for k, v in asdict(config).items() if k != "show_progress"},
         "files": {},

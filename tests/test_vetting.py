@@ -1,0 +1,121 @@
+"""The model vets the collection: the ingest function (in-process, real emulators) with a real bundle served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from functions_framework import create_app
+
+from placeid.config import REPO_ROOT
+from placeid.vetting import judge
+from placeid_edge.bundle import Bundle
+from tests.events import post_event, storage_event, upload
+from tests.serving import publish
+from training.dataset import load_negatives
+
+SOURCE = str(REPO_ROOT / "functions" / "ingest" / "main.py")
+#: The threshold the tests serve with: the small test model is not sure enough for its own calibration.
+THRESHOLD = 0.5
+
+
+@pytest.fixture(scope="module")
+def answers(small_bundle, held_out_photos, data_dir) -> dict:
+    """What the served model answers for held-out photos and unseen negatives, to pick the tests' photos."""
+    bundle = Bundle.load(small_bundle)
+    sure = [(path, label) for path, label in held_out_photos
+            if (p := bundle.predict(path)) and not p.unknown and p.top_k[0]["place_id"] == label
+            and p.top_k[0]["probability"] >= THRESHOLD + 0.1]
+    negatives = [Path(e.source) for e in load_negatives(data_dir / "negatives" / "images")[60:]]  # it saw the first 60
+    unknown = [path for path in negatives if bundle.predict(path).unknown]
+    assert sure and unknown, "the test model recognises none of its held-out photos or rejects no negative"
+    return {"sure": sure, "unknown": unknown}
+
+
+def ingest(client, bucket, db, name: str, data: bytes, metadata: dict | None = None) -> dict:
+    resource = upload(bucket, name, data, metadata)
+    assert post_event(client, storage_event(resource)).status_code == 200
+    [record] = [s.to_dict() for s in db.collection("images").stream() if s.to_dict()["source"]["name"] == name]
+    return record
+
+
+@pytest.fixture
+def client(catalog, scratch_dir, monkeypatch):
+    monkeypatch.setenv("PLACEID_MODEL_CACHE", str(scratch_dir / "model-cache"))  # this test's models only
+    return create_app(target="ingest", source=SOURCE).test_client()
+
+
+@pytest.fixture
+def served(db, bucket, small_bundle, scratch_dir) -> str:
+    return publish(db, bucket, small_bundle, scratch_dir, version="99990101T000000Z-mobilenet-vetting",
+                   manifest_changes={"vetting": {"auto_label_threshold": THRESHOLD}})
+
+
+def test_the_model_labels_an_inbox_photo(served, client, db, bucket, answers):
+    photo, place = answers["sure"][0]
+    labelled = ingest(client, bucket, db, f"raw/inbox/{photo.name}", photo.read_bytes())
+    assert labelled["status"] == "accepted" and labelled["place_id"] == place and labelled["label_source"] == "model"
+    assert labelled["vetting"]["outcome"] == "labelled" and labelled["vetting"]["model_version"] == served
+    assert labelled["curated"]["path"].startswith(f"curated/{place}/")
+    assert bucket.blob(labelled["curated"]["path"]).exists()
+
+
+def test_a_label_the_model_confidently_contradicts_is_suspect(served, client, db, bucket, answers):
+    photo, place = answers["sure"][0]
+    other = next(p for p in ("petra", "louvre", "colosseum", "taj-mahal") if p != place)
+    wrong = ingest(client, bucket, db, f"raw/{other}/{photo.name}", photo.read_bytes())
+    assert wrong["status"] == "quarantined" and wrong["reason"].startswith(f"suspect: labelled '{other}', the model")
+    assert wrong["place_id"] == other  # the label is kept; the model's view is the suggestion
+    assert wrong["vetting"]["suggestion"] == {"action": "relabel", "place_id": place,
+                                              "probability": wrong["vetting"]["top_k"][0]["probability"]}
+    assert "curated" not in wrong
+
+
+def test_a_photo_of_no_place_filed_under_a_place_is_suspect(served, client, db, bucket, answers):
+    negative = answers["unknown"][0]
+    record = ingest(client, bucket, db, f"raw/petra/{negative.name}", negative.read_bytes())
+    assert record["status"] == "quarantined"
+    assert record["reason"] == "suspect: labelled 'petra', the model says no known place"
+    assert record["vetting"]["unknown"] is True and record["vetting"]["suggestion"]["action"] == "reject"
+    assert record["vetting"]["rejection"]["score"] < record["vetting"]["rejection"]["threshold"]
+
+
+def test_a_photo_the_model_agrees_with_is_accepted_with_its_answer(served, client, db, bucket, answers):
+    photo, place = answers["sure"][0]
+    record = ingest(client, bucket, db, f"raw/{place}/{photo.name}", photo.read_bytes())
+    assert record["status"] == "accepted" and record["label_source"] == "path"
+    assert record["vetting"]["outcome"] == "agrees" and record["vetting"]["suggestion"] is None
+    assert record["vetting"]["top_k"][0]["place_id"] == place and len(record["vetting"]["top_k"]) == 3
+
+
+def test_a_model_that_is_never_sure_labels_nothing(db, bucket, small_bundle, scratch_dir, client, answers):
+    publish(db, bucket, small_bundle, scratch_dir, version="99990101T000000Z-mobilenet-never-sure",
+            manifest_changes={"vetting": {"auto_label_threshold": None}})
+    photo, place = answers["sure"][0]
+    record = ingest(client, bucket, db, f"raw/inbox/{photo.name}", photo.read_bytes())
+    assert record["status"] == "quarantined" and record["reason"].startswith("unsure: unlabelled")
+    assert record["place_id"] is None and record["vetting"]["outcome"] == "unsure"
+    assert record["vetting"]["suggestion"]["action"] == "accept"
+    assert record["vetting"]["suggestion"]["place_id"] == place
+
+
+def test_without_a_served_model_photos_are_ingested_unchecked(client, db, bucket, answers):
+    photo, place = answers["sure"][0]
+    labelled = ingest(client, bucket, db, f"raw/{place}/{photo.name}", photo.read_bytes())
+    assert labelled["status"] == "accepted" and labelled["vetting"] == {"outcome": "unchecked",
+                                                                      "why": "no model is being served"}
+    inbox = ingest(client, bucket, db, "raw/inbox/x.jpg", answers["sure"][1 % len(answers["sure"])][0].read_bytes())
+    assert inbox["status"] == "quarantined" and inbox["reason"].startswith("no place label")
+
+
+def test_judge_is_sure_only_from_the_threshold(small_bundle, answers):
+    """The verdict rules on one real answer: labelled or unsure by the threshold; agrees or suspect by the label."""
+    bundle = Bundle.load(small_bundle)
+    photo, place = answers["sure"][0]
+    prediction = bundle.predict(photo)
+    p = prediction.top_k[0]["probability"]
+    assert judge(prediction, None, p).outcome == "labelled" and judge(prediction, None, p).place_id == place
+    assert judge(prediction, None, p + 1e-6).outcome == "unsure"
+    assert judge(prediction, place, p).outcome == "agrees"
+    assert judge(prediction, "somewhere-else", p).outcome == "suspect"
+    assert judge(prediction, "somewhere-else", p + 1e-6).outcome == "agrees"  # not sure enough to contradict
