@@ -1,8 +1,12 @@
 """Review (the paper's "second classification"): list quarantined and near-duplicate images, then
-accept, reject or relabel them, keeping Firestore records, claims, the near index and ``curated/`` consistent."""
+accept, reject or relabel them, keeping Firestore records, claims, the near index and ``curated/`` consistent;
+re-score the collection with the serving model after a promote (:meth:`Reviewer.rescan`)."""
 
 from __future__ import annotations
 
+import io
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 from google.api_core import exceptions as gexc
@@ -13,6 +17,10 @@ from placeid_edge.errors import BadRequest, NotFound
 from placeid.images import ACCEPTED, NEAR_DUPLICATE, QUARANTINED, REJECTED, STATUSES, curated_bucket, curated_path
 from placeid.ingest import Ingestor
 from placeid.store import IMAGES
+from placeid.vetting import REJECT, SUSPECT, UNSURE, Verdict, auto_label_threshold, judge
+from placeid_edge.bundle import Bundle
+from placeid_edge.errors import PlaceidError
+from PIL import Image
 
 REVIEWABLE = (QUARANTINED, NEAR_DUPLICATE)
 
@@ -83,17 +91,29 @@ class Reviewer:
         """Reject an image; an accepted one loses its claims, index entry and curated copy."""
         if not reason:
             raise BadRequest("a reason is required to reject")
+        return self._set_aside(image_id, REJECTED, f"review: {reason}", "reject", reason)
+
+    def quarantine(self, image_id: str, reason: str, changes: dict | None = None) -> dict:
+        """Send an image (back) to review, as ``quarantined``, with ``reason``; an accepted one loses its claims,
+        index entry and curated copy; ``changes``: more fields to set on the record."""
+        return self._set_aside(image_id, QUARANTINED, reason, "quarantine", reason, changes)
+
+    def _set_aside(self, image_id: str, status: str, reason: str, action: str, note: str,
+                   changes: dict | None = None) -> dict:
         record = self.get(image_id)
         ref = self.images.document(image_id)
 
         @firestore.transactional
         def commit(txn):
+            current = ref.get(transaction=txn).to_dict()
+            if current["status"] != record["status"]:
+                raise BadRequest(f"image {image_id} changed while reviewing (now {current['status']})")
             if record["status"] == ACCEPTED:
                 self.ingestor.release_claims(txn, record)
             txn.update(ref, {
-                "status": REJECTED, "reason": f"review: {reason}", "curated": firestore.DELETE_FIELD,
+                "status": status, "reason": reason, "curated": firestore.DELETE_FIELD,
                 "updated_at": firestore.SERVER_TIMESTAMP,
-                "review": firestore.ArrayUnion([self._history("reject", record, note=reason)]),
+                "review": firestore.ArrayUnion([self._history(action, record, note=note)]), **(changes or {}),
             })
 
         commit(self.db.transaction())
@@ -131,3 +151,84 @@ class Reviewer:
             self.ingestor.gcs.bucket(curated_bucket(record)).blob(path).delete()
         except gexc.NotFound:
             pass
+
+    # -- the model's second look -------------------------------------------------------------------
+
+    def rescan(self, bundle: Bundle, batch_size: int = 32,
+               progress: Callable[[int, int], None] | None = None) -> Counter:
+        """Re-score the collection with ``bundle`` (the model just promoted): every accepted image, and every
+        image quarantined by vetting or for want of a label. Resumable: an image this model already scored is
+        skipped, so an interrupted rescan goes on where it stopped. An accepted image the model now flags
+        ``suspect`` is quarantined with its suggestion; every other image keeps its status, with the model's fresh
+        answer and suggestion in ``vetting`` (a quarantined one is decided in review: :meth:`apply_suggestion`).
+        Returns the count of each action; ``progress(done, total)`` after each batch."""
+        candidates = self._rescan_candidates()
+        pending = [r for r in candidates if (r.get("vetting") or {}).get("model_version") != bundle.version]
+        threshold = auto_label_threshold(bundle)
+        actions: Counter = Counter({"already scored by this model": len(candidates) - len(pending)})
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start:start + batch_size]
+            loaded = list(self._rescan_images(batch))
+            readable = [(record, image) for record, image in loaded if image is not None]
+            actions["unreadable"] += len(loaded) - len(readable)
+            predictions = bundle.predict_batch([image for _, image in readable], top_k=self.ingestor.settings.top_k)
+            for (record, _), prediction in zip(readable, predictions):
+                label = record.get("place_id") if record.get("label_source") else None
+                actions[self._apply(record, judge(prediction, label, threshold))] += 1
+            if progress:
+                progress(min(start + batch_size, len(pending)), len(pending))
+        return +actions
+
+    def _rescan_candidates(self) -> list[dict]:
+        """Accepted images, and quarantined ones that vetting quarantined or that have no label."""
+        fields = ["image_id", "status", "reason", "place_id", "label_source", "vetting", "source", "curated"]
+        found = []
+        for status in (ACCEPTED, QUARANTINED):
+            query = self.images.where(filter=FieldFilter("status", "==", status)).select(fields)
+            for snap in query.stream():
+                record = snap.to_dict()
+                if status == ACCEPTED or not record.get("label_source") or (record.get("vetting") or {}).get(
+                        "outcome") in (SUSPECT, UNSURE):
+                    found.append(record)
+        return found
+
+    def _rescan_images(self, records: list[dict]) -> Iterator[tuple[dict, Image.Image | None]]:
+        """Each record with the image the model sees: the curated copy, else the source (None: unreadable)."""
+        for record in records:
+            try:
+                curated = record.get("curated") or {}
+                if curated.get("written"):
+                    data = self.ingestor.gcs.bucket(curated_bucket(record)).blob(curated["path"]).download_as_bytes(
+                        **self.ingestor.storage_options)
+                    yield record, Image.open(io.BytesIO(data)).convert("RGB")
+                else:
+                    yield record, self.ingestor.load_source(record).rgb
+            except (gexc.NotFound, PlaceidError):
+                yield record, None
+
+    def _apply(self, record: dict, verdict: Verdict) -> str:
+        """Act on a rescan verdict; returns what was done."""
+        image_id, status = record["image_id"], record["status"]
+        changes = {"vetting": verdict.record}
+        if verdict.outcome == SUSPECT and status == ACCEPTED:
+            try:
+                self.quarantine(image_id, verdict.reason, changes)
+            except BadRequest:
+                return "skipped: changed meanwhile"
+            return "quarantined as suspect"
+        update = dict(changes, updated_at=firestore.SERVER_TIMESTAMP)
+        if status == QUARANTINED and verdict.reason:
+            update["reason"] = verdict.reason
+        self.images.document(image_id).update(update)
+        return f"kept {status}" + (f" ({verdict.outcome})" if status == QUARANTINED else "")
+
+    def apply_suggestion(self, image_id: str, note: str = "") -> dict:
+        """Do what the model suggested for a quarantined image: accept it (under the suggested place), relabel and
+        accept it, or reject it."""
+        record = self.get(image_id)
+        suggestion = (record.get("vetting") or {}).get("suggestion")
+        if record["status"] != QUARANTINED or not suggestion:
+            raise BadRequest(f"image {image_id} is {record['status']} with no suggestion from the model")
+        if suggestion["action"] == REJECT:
+            return self.reject(image_id, note or "the model sees no known place")
+        return self.accept(image_id, suggestion["place_id"], note or f"the model's suggestion ({suggestion['action']})")

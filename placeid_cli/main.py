@@ -133,10 +133,39 @@ def cmd_images(args) -> int:
         console.print(f"near-duplicate index rebuilt for distance {settings.near_dup_distance}: "
                       f"{len(accepted)} accepted images in {written} band documents")
         return 0
+    if args.action == "rescan":
+        return rescan(settings, args.batch_size)
     from placeid.images import status_counts
 
     print_summary(status_counts(settings), "images by status")
     return 0
+
+
+def rescan(settings: Settings, batch_size: int) -> int:
+    """Re-score the collection with the serving model (placeid.review.Reviewer.rescan), with a progress bar."""
+    from rich.progress import Progress
+
+    from placeid.registry import Registry
+    from placeid.review import Reviewer
+    from placeid.serving import ModelCache
+
+    bundle = ModelCache(settings, Registry.from_settings(settings)).bundle()
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"rescan with {bundle.version}", total=None)
+        actions = Reviewer().rescan(bundle, batch_size,
+                                    lambda done, total: progress.update(task, completed=done, total=total))
+    _print_table(f"rescan with {bundle.version}", ["action", "images"], [[k, n] for k, n in sorted(actions.items())])
+    return 0
+
+
+def suggestion_text(record: dict) -> str:
+    """The model's suggestion for a record, in words ("" when it made none)."""
+    suggestion = (record.get("vetting") or {}).get("suggestion")
+    if not suggestion:
+        return ""
+    if suggestion["action"] == "reject":
+        return "reject (no known place)"
+    return f"{suggestion['action']} {suggestion['place_id']} (p = {suggestion['probability']:.2f})"
 
 
 def cmd_review(args) -> int:
@@ -146,11 +175,16 @@ def cmd_review(args) -> int:
     reviewer = Reviewer()
     if args.action == "list":
         records = reviewer.list(tuple(args.status.split(",")) if args.status else REVIEWABLE, args.limit)
-        _print_table("waiting for review", ["image_id", "status", "place", "reason", "duplicate_of", "source"],
-                     [[r["image_id"], r["status"], r.get("place_id"), r.get("reason"), r.get("duplicate_of"),
-                       r["source"]["name"]] for r in records])
+        if args.suspects:
+            records = [r for r in records if (r.get("vetting") or {}).get("suggestion")]
+        _print_table("waiting for review", ["image_id", "status", "place", "reason", "suggestion", "duplicate_of",
+                                            "source"],
+                     [[r["image_id"], r["status"], r.get("place_id"), r.get("reason"), suggestion_text(r),
+                       r.get("duplicate_of"), r["source"]["name"]] for r in records])
         return 0
-    if args.action == "accept":
+    if args.action == "apply":
+        record = reviewer.apply_suggestion(args.image_id, args.note)
+    elif args.action == "accept":
         record = reviewer.accept(args.image_id, args.place, args.note)
     elif args.action == "reject":
         record = reviewer.reject(args.image_id, args.reason)
@@ -467,8 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     urls.add_argument("--report", type=Path, default=Path("collect-report.json"))
     collect.set_defaults(func=cmd_collect)
 
-    images = sub.add_parser("images", help="image records by status; reindex after changing the distance")
-    images.add_argument("action", nargs="?", choices=("summary", "reindex"), default="summary")
+    images = sub.add_parser("images", help="image records by status; reindex after changing the distance; rescan")
+    images.add_argument("action", nargs="?", choices=("summary", "reindex", "rescan"), default="summary",
+                        help="rescan: re-score the collection with the serving model (after a promote; resumable)")
+    images.add_argument("--batch-size", type=int, default=32, help="photos the model scores at once (rescan)")
     images.set_defaults(func=cmd_images)
 
     review = sub.add_parser("review", help="review quarantined and near-duplicate images")
@@ -476,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = review_sub.add_parser("list")
     listing.add_argument("--status", help="comma-separated statuses (default quarantined,near_duplicate)")
     listing.add_argument("--limit", type=int, default=200)
+    listing.add_argument("--suspects", action="store_true", help="only images the model made a suggestion for")
+    apply = review_sub.add_parser("apply", help="do what the model suggested (accept, relabel or reject)")
+    apply.add_argument("image_id")
+    apply.add_argument("--note", default="")
     accept = review_sub.add_parser("accept")
     accept.add_argument("image_id")
     accept.add_argument("--place", help="accept under this place id")

@@ -119,3 +119,47 @@ def test_judge_is_sure_only_from_the_threshold(small_bundle, answers):
     assert judge(prediction, place, p).outcome == "agrees"
     assert judge(prediction, "somewhere-else", p).outcome == "suspect"
     assert judge(prediction, "somewhere-else", p + 1e-6).outcome == "agrees"  # not sure enough to contradict
+
+
+def test_rescan_after_a_promote_flags_suspects_and_suggests_labels(client, db, bucket, small_bundle, scratch_dir,
+                                                                    answers, settings):
+    """Photos ingested before any model are re-scored once one is served: an accepted photo of no place is
+    quarantined as a suspect (its claims and curated copy go), an unlabelled one gets the model's suggestion, which
+    review then applies; a second rescan finds nothing left to score (resumable)."""
+    from placeid.registry import Registry
+    from placeid.review import Reviewer
+    from placeid.serving import ModelCache
+
+    photo, place = answers["sure"][0]
+    negative = answers["unknown"][0]
+    agreeing = ingest(client, bucket, db, f"raw/{place}/{photo.name}", photo.read_bytes())
+    stranger = ingest(client, bucket, db, f"raw/{place}/{negative.name}", negative.read_bytes())
+    other = answers["sure"][1 % len(answers["sure"])]
+    inbox = ingest(client, bucket, db, f"raw/inbox/{other[0].name}", other[0].read_bytes())
+    assert [agreeing["status"], stranger["status"], inbox["status"]] == ["accepted", "accepted", "quarantined"]
+
+    version = publish(db, bucket, small_bundle, scratch_dir, version="99990101T000000Z-mobilenet-vetting",
+                      manifest_changes={"vetting": {"auto_label_threshold": THRESHOLD}})
+    cache = ModelCache(settings.__class__.from_env(model_cache_dir=scratch_dir / "cli-cache"), Registry(db, bucket))
+    reviewer = Reviewer()
+    seen = []
+    actions = reviewer.rescan(cache.bundle(), batch_size=2, progress=lambda done, total: seen.append((done, total)))
+    assert actions == {"kept accepted": 1, "quarantined as suspect": 1, "kept quarantined (labelled)": 1}
+    assert seen == [(2, 3), (3, 3)]
+
+    suspect = reviewer.get(stranger["image_id"])
+    assert suspect["status"] == "quarantined" and suspect["reason"].startswith(f"suspect: labelled '{place}'")
+    assert suspect["vetting"]["model_version"] == version
+    assert not bucket.blob(stranger["curated"]["path"]).exists()
+    assert not db.collection("content_claims").document(f"file-{stranger['hashes']['file_sha256']['hex']}").get().exists
+    assert reviewer.get(agreeing["image_id"])["vetting"]["outcome"] == "agrees"
+
+    suggested = reviewer.get(inbox["image_id"])["vetting"]["suggestion"]
+    assert suggested["action"] == "accept" and suggested["place_id"] == other[1]
+    accepted = reviewer.apply_suggestion(inbox["image_id"])
+    assert accepted["status"] == "accepted" and accepted["place_id"] == other[1]
+    assert bucket.blob(accepted["curated"]["path"]).exists()
+    rejected = reviewer.apply_suggestion(stranger["image_id"])
+    assert rejected["status"] == "rejected" and "no known place" in rejected["reason"]
+
+    assert reviewer.rescan(cache.bundle()) == {"already scored by this model": 2}
