@@ -113,6 +113,17 @@ class PHash(PerceptualHasher):
         return imagehash.phash(grid, hash_size=self.hash_size)
 
 
+class MirroredPHash(PHash):
+    """The pHash of the image's mirror image (left-right), from the same grid: a mirrored copy of a photo has the
+    photo's pHash as its own mirrored pHash, so one index of pHashes finds both."""
+
+    algorithm = "phash_mirror"
+
+    def _compute(self, image):
+        grid = _grey(image).resize((4 * self.hash_size, 4 * self.hash_size), Image.Resampling.LANCZOS)
+        return imagehash.phash(grid.transpose(Image.Transpose.FLIP_LEFT_RIGHT), hash_size=self.hash_size)
+
+
 class DHash(PerceptualHasher):
     """Gradient (difference) hash."""
 
@@ -138,7 +149,7 @@ class WHash(PerceptualHasher):
         return whash_value(_grey(image), hash_size=self.hash_size)
 
 
-PERCEPTUAL_HASHERS: tuple[PerceptualHasher, ...] = (PHash(), DHash(), WHash())
+PERCEPTUAL_HASHERS: tuple[PerceptualHasher, ...] = (PHash(), MirroredPHash(), DHash(), WHash())
 
 
 def perceptual_hashes(image: Image.Image) -> dict[str, HashValue]:

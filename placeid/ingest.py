@@ -454,7 +454,7 @@ class Ingestor:
         """In one transaction: exact-duplicate and file-name claims, near-duplicate verdict, record."""
         file_sha = record["hashes"]["file_sha256"]["hex"]
         file_claim_ref, pixel_claim_ref, name_claim_ref = claim_refs(self.db, record)
-        near = [] if label_problem else self.index.find(record["hashes"]["phash"]["hex"])
+        near, how = ([], "") if label_problem else self._near_duplicates(record["hashes"])
 
         @firestore.transactional
         def decide(txn: firestore.Transaction) -> dict:
@@ -480,7 +480,7 @@ class Ingestor:
             elif near:
                 best = near[0]
                 verdict.update(status=NEAR_DUPLICATE, duplicate_of=best.image_id, near_distance=best.distance,
-                               reason=f"pHash within Hamming distance {best.distance} of an accepted image")
+                               reason=f"{how} within Hamming distance {best.distance} of an accepted image")
             else:
                 verdict.update(status=ACCEPTED, reason=None,
                                curated={"path": curated_path(self.settings, record["place_id"], record["image_id"]),
@@ -491,6 +491,14 @@ class Ingestor:
 
         decide(self.db.transaction())
         return image_ref.get(**self.call_options).to_dict()
+
+    def _near_duplicates(self, hashes: dict) -> tuple[list, str]:
+        """Accepted images near this photo, and how they were found: by its pHash, or else by its mirror image's
+        (a mirrored copy of an accepted photo)."""
+        near = self.index.find(hashes["phash"]["hex"])
+        if near or "phash_mirror" not in hashes:
+            return near, "pHash"
+        return self.index.find(hashes["phash_mirror"]["hex"]), "the mirror image's pHash"
 
     def claim_and_index(self, txn: firestore.Transaction, record: dict, claim_file_name: bool | None = None) -> None:
         """Within ``txn``: make ``record`` the owner of its content claims and add it to the near index; its file

@@ -18,6 +18,7 @@ PINNED = {
     "file_sha256": "0111beddc55285390cadfbc0f42efc1062827042e85f81aa95d0926a5798970b",
     "pixels_sha256": "3e6f4856d0540cef1d3a615ea704695ad0ed52183e0557edb552dde9a0642a4a",
     "phash": "b5aa6e4cb6ab4846",
+    "phash_mirror": "e0ef1918e3f61d12",
     "dhash": "3f3fdf3e3c92c626",
     "whash": "ff9f3f9f0f002080",
 }
@@ -29,7 +30,7 @@ def test_pinned_hash_values(data_dir):
     assert sha256_hash(data).hex == PINNED["file_sha256"]
     assert sha256_hash(pixel_bytes(decoded.rgb)).hex == PINNED["pixels_sha256"]
     hashes = perceptual_hashes(decoded.rgb)
-    assert {name: value.hex for name, value in hashes.items()} == {k: PINNED[k] for k in ("phash", "dhash", "whash")}
+    assert {name: value.hex for name, value in hashes.items()} == {k: PINNED[k] for k in ("phash", "phash_mirror", "dhash", "whash")}
     assert all(value.bits == 64 and value.library.startswith("imagehash ") for value in hashes.values())
 
 
@@ -97,3 +98,16 @@ def test_training_from_a_folder_hashes_photos_as_ingest_does(data_dir):
     _, fields = decode_and_hash(data, ValidationLimits(), Settings().curated_max_side)
     assert _phash(data) == fields["hashes"]["phash"]["hex"]
     assert hamming_distance(_phash(data), PHash().hash_image(image).hex) > 8  # the stored pixels' hash differs
+
+
+def test_a_mirrored_copy_has_the_photos_phash_as_its_mirrored_phash(world30_photos):
+    """The mirrored pHash of a mirror image is the photo's own pHash (so one index of pHashes finds mirrored
+    copies), while a photo and its mirror image are far apart."""
+    from PIL import ImageOps
+
+    from placeid.hashing import MirroredPHash
+
+    for path in [paths[3] for paths in world30_photos.values()][:10]:
+        photo = Image.open(path).convert("RGB")
+        assert MirroredPHash().hash_image(ImageOps.mirror(photo)).hex == PHash().hash_image(photo).hex
+        assert hamming_distance(PHash().hash_image(photo).hex, MirroredPHash().hash_image(photo).hex) > 16

@@ -30,6 +30,7 @@ def variants(photo: Image.Image) -> dict[str, bytes]:
         "cropped": _jpeg(photo.crop((int(w * 0.02), int(h * 0.02), int(w * 0.98), int(h * 0.98)))),
         "brighter": _jpeg(ImageEnhance.Brightness(photo).enhance(1.15)),
         "captioned": _jpeg(captioned),
+        "mirrored": _jpeg(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
     }
 
 
@@ -47,11 +48,13 @@ def test_edited_copies_are_near_duplicates(catalog, db, bucket, world30_photos):
             assert record["status"] == "near_duplicate", (path.name, edit, record["reason"])
             assert record["duplicate_of"] == original["image_id"]
             assert 0 <= record["near_distance"] <= ingestor.settings.near_dup_distance
+            assert record["reason"].startswith("the mirror image's pHash" if edit == "mirrored" else "pHash")
 
 
 def test_different_photos_of_one_landmark_are_not_flagged(catalog, db, bucket, world30_photos):
-    """40 Colosseum photos: the index flags exactly the photos a brute-force pairwise pHash comparison
-    flags (world30 holds a few real re-encoded copies), and accepts every other photo of the building."""
+    """40 Colosseum photos: the index flags exactly the photos a brute-force pairwise comparison of pHashes (and
+    of mirror images' pHashes with them) flags (world30 holds a few real re-encoded copies), and accepts every
+    other photo of the building."""
     ingestor = Ingestor()
     d = ingestor.settings.near_dup_distance
     seen: list[str] = []
@@ -59,8 +62,8 @@ def test_different_photos_of_one_landmark_are_not_flagged(catalog, db, bucket, w
     for path in world30_photos["colosseum"][:40]:
         record = ingestor.ingest(StoredObject.from_event_data(
             upload(bucket, f"raw/colosseum/{path.name}", path.read_bytes())))
-        phash = record["hashes"]["phash"]["hex"]
-        is_near = any(hamming_distance(phash, other) <= d for other in seen)
+        phash, mirrored = record["hashes"]["phash"]["hex"], record["hashes"]["phash_mirror"]["hex"]
+        is_near = any(min(hamming_distance(phash, other), hamming_distance(mirrored, other)) <= d for other in seen)
         expected.append("near_duplicate" if is_near else "accepted")
         actual.append(record["status"])
         if not is_near:
