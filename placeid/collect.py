@@ -103,10 +103,11 @@ def labelled_files(folder: Path) -> list[tuple[str, Path]]:
 
 
 def upload_folder(settings: Settings, folder: Path | str, workers: int = 8,
-                  show_progress: bool = True) -> TransferReport:
-    """Upload ``folder/<place_id>/<file>`` to ``raw/<place_id>/<file>``, skipping objects already there."""
+                  show_progress: bool = True, leave_out: frozenset[Path] = frozenset()) -> TransferReport:
+    """Upload ``folder/<place_id>/<file>`` to ``raw/<place_id>/<file>``, skipping objects already there (and the
+    files in ``leave_out``); ``folder/inbox/<file>`` goes to ``raw/inbox/``: unlabelled, for the model to label."""
     bucket = storage_client(settings.project).bucket(settings.bucket)
-    items = labelled_files(Path(folder))
+    items = [(place_id, path) for place_id, path in labelled_files(Path(folder)) if path not in leave_out]
     existing = {blob.name for blob in bucket.list_blobs(prefix=settings.raw_prefix)}
 
     def work(item):

@@ -433,10 +433,13 @@ def cmd_demo(args) -> int:
         return 1
     console.print(f"collect: uploading {folder} to gs://{settings.bucket}/{settings.raw_prefix}")
     started = time.monotonic()
-    report = upload_folder(settings, folder)
+    files = labelled_files(folder)
+    held_back = [path for _, path in files if path.parent.name in DEMO_FRESH_PLACES
+                 and path == max(p for _, p in files if p.parent == path.parent)]
+    report = upload_folder(settings, folder, leave_out=frozenset(held_back))
     from placeid.images import wait_for_records
 
-    counts = wait_for_records(settings, len(labelled_files(folder)))
+    counts = wait_for_records(settings, len(files) - len(held_back))
     elapsed = time.monotonic() - started
     print_summary(counts)
     console.print(f"uploaded {report.uploaded} new, skipped {report.skipped}; "
@@ -454,9 +457,62 @@ def cmd_demo(args) -> int:
     run_dir = max(p.parent for p in (settings.state_dir / "runs").glob("*/manifest.json"))
     url = settings.url(settings.predict_port) + "/"
     status = predict_photos(settings, url, _held_out_photos(settings, run_dir, count=8))
+    console.rule("vet: the served model checks fresh uploads, then re-scores the collection")
+    vet_fresh_uploads(settings, held_back, files[0][1])
+    rescan(settings, batch_size=64)
+    console.print("The suspects and their suggestions: `placeid review list --suspects`; act on one: "
+                  "`placeid review apply IMAGE_ID` (or accept, relabel, reject).")
     console.print(f"Try it: open {url} in a browser, or `placeid predict PHOTO...`; offline: "
                   f"`placeid-edge predict PHOTO --bundle {run_dir}`. Stop the stack: placeid stack down")
     return status
+
+
+#: The demo holds back the last photo of these places and uploads them after training, unlabelled (raw/inbox/),
+#: but for the last, which goes under a wrong place: the served model labels or flags them.
+DEMO_FRESH_PLACES = ("colosseum", "eiffel-tower", "petra", "taj-mahal", "machu-picchu")
+
+
+def vet_fresh_uploads(settings: Settings, held_back: list[Path], accepted_photo: Path) -> None:
+    """Upload what the demo held back to raw/inbox/ (the last one under a wrong place), a mirrored copy of an
+    accepted photo and two photos of no landmark filed under a place; print what ingest made of each."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from placeid.images import status_counts, wait_for_records
+    from placeid.ingest import StoredObject
+    from placeid.review import Reviewer
+    from placeid.store import storage_client
+
+    wrong_place = held_back[0].parent.name
+    mirrored = io.BytesIO()
+    ImageOps.mirror(Image.open(accepted_photo).convert("RGB")).save(mirrored, "JPEG", quality=90)
+    negatives = sorted((settings.data_dir / "negatives" / "images").rglob("*.jpg"))[:2]
+    uploads = ([(f"inbox/{path.name}", path.read_bytes(), f"unlabelled ({path.parent.name})")
+                for path in held_back[:-1]]
+               + [(f"{wrong_place}/{held_back[-1].name}", held_back[-1].read_bytes(),
+                   f"labelled {wrong_place}, shows {held_back[-1].parent.name}"),
+                  (f"{accepted_photo.parent.name}/mirrored-{accepted_photo.name}", mirrored.getvalue(),
+                   f"mirrored copy of an accepted {accepted_photo.parent.name} photo")]
+               + [(f"{wrong_place}/{path.name}", path.read_bytes(), f"labelled {wrong_place}, no landmark")
+                  for path in negatives])
+    bucket = storage_client(settings.project).bucket(settings.bucket)
+    before = sum(status_counts(settings).values())
+    objects = []
+    for name, data, what in uploads:
+        blob = bucket.blob(f"{settings.raw_prefix}{name}")
+        blob.upload_from_string(data, content_type="image/jpeg")
+        objects.append((StoredObject(bucket.name, blob.name, blob.generation), what))
+    wait_for_records(settings, before + len(uploads))
+    reviewer = Reviewer()
+    rows = []
+    for obj, what in objects:
+        record = reviewer.get(obj.record_id)
+        rows.append([obj.name.removeprefix(settings.raw_prefix)[:40], what, record["status"],
+                     record.get("place_id") or "", record.get("label_source") or "", record.get("reason") or "",
+                     suggestion_text(record)])
+    _print_table("fresh uploads, vetted by the served model",
+                 ["object", "what it is", "status", "place", "label from", "reason", "suggestion"], rows)
 
 
 # -- parser ---------------------------------------------------------------------------------------
