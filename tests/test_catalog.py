@@ -72,6 +72,9 @@ def test_bad_catalog_input_is_a_clear_error(db, scratch_dir):
     bad.write_text(json.dumps([{"place_id": "Bad Id", "name": "x", "location": {"lat": 0, "lng": 0}}]))
     with pytest.raises(BadRequest, match="invalid place_id"):
         load_catalog(db, read_catalog(bad))
+    bad.write_text(json.dumps([{"place_id": "inbox", "name": "x", "location": {"lat": 0, "lng": 0}}]))
+    with pytest.raises(BadRequest, match="holds unlabelled uploads"):
+        load_catalog(db, read_catalog(bad))
     bad.write_text(json.dumps([{"place_id": "ok", "name": "x", "location": {"lat": 91, "lng": 0}}]))
     with pytest.raises(BadRequest, match="invalid coordinates"):
         load_catalog(db, read_catalog(bad))

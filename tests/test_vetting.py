@@ -9,7 +9,7 @@ from functions_framework import create_app
 
 from placeid.config import REPO_ROOT
 from placeid.vetting import judge
-from placeid_edge.bundle import Bundle
+from placeid_edge.bundle import Bundle, Prediction
 from tests.events import post_event, storage_event, upload
 from tests.serving import publish
 from training.dataset import load_negatives
@@ -108,6 +108,38 @@ def test_without_a_served_model_photos_are_ingested_unchecked(client, db, bucket
     assert inbox["status"] == "quarantined" and inbox["reason"].startswith("no place label")
 
 
+def prediction(places_and_probabilities: list[tuple[str, float]], unknown: bool = False) -> Prediction:
+    top_k = [{"place_id": place, "name": place, "probability": p} for place, p in places_and_probabilities]
+    return Prediction("v1", unknown, None, top_k, [p for _, p in places_and_probabilities],
+                      {"rule": "max_prob", "threshold": 0.5, "score": places_and_probabilities[0][1]}, None)
+
+
+def test_verdicts_and_suggestions():
+    """Each row of the README's table: who labelled the photo, what the model says, what ingest does."""
+    sure, unsure = prediction([("petra", 0.97), ("louvre", 0.02)]), prediction([("petra", 0.6), ("louvre", 0.3)])
+    nothing = prediction([("petra", 0.3), ("louvre", 0.2)], unknown=True)
+    relabel_petra = {"action": "relabel", "place_id": "petra", "probability": 0.97}
+    reject = {"action": "reject", "place_id": None}
+    cases = [
+        ("petra", sure, "agrees", "petra", None, None),
+        ("petra", unsure, "agrees", "petra", None, None),
+        ("louvre", unsure, "agrees", "louvre", None, None),
+        ("louvre", sure, "suspect", "louvre", "suspect: labelled 'louvre', the model says petra (p = 0.97)",
+         relabel_petra),
+        ("louvre", nothing, "suspect", "louvre", "suspect: labelled 'louvre', the model says no known place", reject),
+        (None, sure, "labelled", "petra", None, {"action": "accept", "place_id": "petra", "probability": 0.97}),
+        (None, unsure, "unsure", None, "unsure: unlabelled, and the model says petra (p = 0.60), below its "
+         "labelling threshold", {"action": "accept", "place_id": "petra", "probability": 0.6}),
+        (None, nothing, "unsure", None, "unsure: unlabelled, and the model says no known place", reject),
+    ]
+    for label, answer, outcome, place_id, reason, suggestion in cases:
+        verdict = judge(answer, label, 0.9)
+        assert (verdict.outcome, verdict.place_id, verdict.reason, verdict.record["suggestion"]) == \
+            (outcome, place_id, reason, suggestion), (label, answer.top_k[0])
+        assert verdict.quarantine == (outcome in ("suspect", "unsure"))
+    assert judge(sure, None, None).outcome == "unsure"  # a model that is never sure labels nothing
+
+
 def test_judge_is_sure_only_from_the_threshold(small_bundle, answers):
     """The verdict rules on one real answer: labelled or unsure by the threshold; agrees or suspect by the label."""
     bundle = Bundle.load(small_bundle)
@@ -163,3 +195,19 @@ def test_rescan_after_a_promote_flags_suspects_and_suggests_labels(client, db, b
     assert rejected["status"] == "rejected" and "no known place" in rejected["reason"]
 
     assert reviewer.rescan(cache.bundle()) == {"already scored by this model": 2}
+
+
+def test_inbox_and_loose_uploads_are_unlabelled():
+    from placeid.config import Settings
+    from placeid.ingest import StoredObject, label_from
+
+    settings = Settings()
+
+    def label(name: str, metadata: dict | None = None):
+        return label_from(StoredObject("b", name, 1, metadata=metadata or {}), settings)
+
+    assert label("raw/inbox/x.jpg") == (None, None, None)
+    assert label("raw/x.jpg") == (None, None, None)
+    assert label("raw/inbox/x.jpg", {"place_id": "petra"}) == ("petra", "metadata", None)
+    assert label("raw/petra/x.jpg") == ("petra", "path", None)
+    assert label("raw/inbox/../petra/x.jpg")[2].startswith("unsafe object name")
