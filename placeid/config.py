@@ -52,6 +52,7 @@ ENV_VARS = {
     "bridge_subscription": "PLACEID_SUBSCRIPTION",
     "bridge_concurrency": "PLACEID_BRIDGE_CONCURRENCY",
     "predict_port": "PLACEID_PREDICT_PORT",
+    "review_port": "PLACEID_REVIEW_PORT",
     "model_cache_dir": "PLACEID_MODEL_CACHE",
     "model_refresh_s": "PLACEID_MODEL_REFRESH_S",
     "places_ttl_s": "PLACEID_PLACES_TTL_S",
@@ -109,6 +110,7 @@ class Settings:
     bridge_subscription: str = "placeid-ingest-bridge"
     bridge_concurrency: int = 8
     predict_port: int = 8685
+    review_port: int = 8686  # placeid review serve (the review page, on this machine only)
     model_cache_dir: Path = Path(tempfile.gettempdir()) / "placeid-models"  # the only local disk serving uses
     model_refresh_s: float = 30.0  # how often serving re-reads the serving pointer
     places_ttl_s: float = 300.0  # how long place details read from Firestore are reused

@@ -158,6 +158,18 @@ def rescan(settings: Settings, batch_size: int) -> int:
     return 0
 
 
+def serve_review_page(settings: Settings, reviewer, port: int) -> int:
+    """Serve the review page on this machine (placeid.review_http) until interrupted."""
+    from werkzeug.serving import run_simple
+
+    from placeid.review_http import create_review_app
+
+    hosts = {f"{settings.host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"}
+    console.print(f"review page: http://{settings.host}:{port}/ (Ctrl-C stops it)")
+    run_simple(settings.host, port, create_review_app(reviewer, hosts), threaded=True)
+    return 0
+
+
 def suggestion_text(record: dict) -> str:
     """The model's suggestion for a record, in words ("" when it made none)."""
     suggestion = (record.get("vetting") or {}).get("suggestion")
@@ -171,8 +183,10 @@ def suggestion_text(record: dict) -> str:
 def cmd_review(args) -> int:
     from placeid.review import REVIEWABLE, Reviewer
 
-    _settings(args)
+    settings = _settings(args)
     reviewer = Reviewer()
+    if args.action == "serve":
+        return serve_review_page(settings, reviewer, args.port or settings.review_port)
     if args.action == "list":
         records = reviewer.list(tuple(args.status.split(",")) if args.status else REVIEWABLE, args.limit)
         if args.suspects:
@@ -508,11 +522,12 @@ def vet_fresh_uploads(settings: Settings, held_back: list[Path], accepted_photo:
     rows = []
     for obj, what in objects:
         record = reviewer.get(obj.record_id)
-        rows.append([obj.name.removeprefix(settings.raw_prefix)[:40], what, record["status"],
-                     record.get("place_id") or "", record.get("label_source") or "", record.get("reason") or "",
-                     suggestion_text(record)])
+        vetting = (record.get("vetting") or {}).get("outcome", "")
+        why = record.get("reason") or "" if record["status"] == "near_duplicate" else ""
+        rows.append([what, record["status"], record.get("place_id") or "", record.get("label_source") or "",
+                     vetting, suggestion_text(record) or why])
     _print_table("fresh uploads, vetted by the served model",
-                 ["object", "what it is", "status", "place", "label from", "reason", "suggestion"], rows)
+                 ["photo", "status", "place", "label from", "the model", "suggestion, or why"], rows)
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -569,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", help="comma-separated statuses (default quarantined,near_duplicate)")
     listing.add_argument("--limit", type=int, default=200)
     listing.add_argument("--suspects", action="store_true", help="only images the model made a suggestion for")
+    serve = review_sub.add_parser("serve", help="the review page: thumbnails, suggestions, one click to act")
+    serve.add_argument("--port", type=int, help="default: PLACEID_REVIEW_PORT (8686); binds PLACEID_HOST")
     apply = review_sub.add_parser("apply", help="do what the model suggested (accept, relabel or reject)")
     apply.add_argument("image_id")
     apply.add_argument("--note", default="")

@@ -4,6 +4,7 @@ project's own LocalStack, on free ports, reset between tests; real photos from t
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -117,6 +118,25 @@ def scratch_dir():
         yield Path(path)
 
 
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's chromium + chromium-driver) driven by Selenium (the page tests)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.fail("chromium and chromedriver are needed for the page test: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
 SERVING_PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]
 
 
@@ -156,6 +176,7 @@ def held_out_photos(small_bundle) -> list[tuple[Path, str]]:
 SLOW_FIXTURES = {
     "emulators": "starts the Firestore and Pub/Sub emulators (Java, gcloud) and fake-gcs-server",
     "small_bundle": "trains a model (TensorFlow)",
+    "browser": "starts headless Chromium",
 }
 # Tests that are slow for another reason (gcloud, terraform, checkov, a fresh venv, the emulated trainer image,
 # headless Chromium) carry an explicit @pytest.mark.slow or a module-level `pytestmark = pytest.mark.slow`.

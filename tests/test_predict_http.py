@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -95,25 +94,6 @@ def test_bucket_outage_keeps_the_current_model(predict_server, db, bucket, small
     photo, _ = held_out_photos[0]
     answer = requests.post(url + "/", data=photo.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=30)
     assert answer.status_code == 200 and answer.json()["model_version"] == first
-
-
-@pytest.fixture
-def browser():
-    """Headless Chromium (Debian's chromium + chromium-driver) driven by Selenium."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.fail("chromium and chromedriver are needed for the page test: apt-get install chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    yield driver
-    driver.quit()
 
 
 @pytest.mark.slow  # headless Chromium

@@ -211,3 +211,65 @@ def test_inbox_and_loose_uploads_are_unlabelled():
     assert label("raw/inbox/x.jpg", {"place_id": "petra"}) == ("petra", "metadata", None)
     assert label("raw/petra/x.jpg") == ("petra", "path", None)
     assert label("raw/inbox/../petra/x.jpg")[2].startswith("unsafe object name")
+
+
+@pytest.fixture
+def review_page(catalog):
+    """The review page (placeid review serve's app) on a free port of 127.0.0.1, in a thread."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from placeid.review import Reviewer
+    from placeid.review_http import create_review_app
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, create_review_app(Reviewer(), {f"127.0.0.1:{port}"}), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+
+
+def test_review_page_in_headless_chromium(served, client, db, bucket, answers, review_page, browser):
+    """Two suspects on the page with thumbnails and the model's suggestions; one click does as suggested (the
+    mislabelled photo is accepted under the model's place, with its curated copy), one rejects the stranger."""
+    import requests
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo, place = answers["sure"][0]
+    other = next(p for p in ("petra", "louvre", "colosseum", "taj-mahal") if p != place)
+    mislabelled = ingest(client, bucket, db, f"raw/{other}/{photo.name}", photo.read_bytes())
+    stranger = ingest(client, bucket, db, f"raw/petra/{answers['unknown'][0].name}", answers["unknown"][0].read_bytes())
+    assert mislabelled["status"] == stranger["status"] == "quarantined"
+
+    browser.set_window_size(1200, 900)
+    browser.get(review_page + "/")
+    WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".card")) == 2)
+    cards = {c.get_attribute("data-image-id"): c for c in browser.find_elements(By.CSS_SELECTOR, ".card")}
+    assert "2 photos waiting; 2 with the model's suggestion" in browser.find_element(By.ID, "summary").text
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script(
+        "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+    assert f"relabel as {place}" in cards[mislabelled["image_id"]].find_element(By.CLASS_NAME, "suggestion").text
+    assert "reject (no known place)" in cards[stranger["image_id"]].find_element(By.CLASS_NAME, "suggestion").text
+
+    cards[mislabelled["image_id"]].find_element(By.CLASS_NAME, "apply").click()
+    cards[stranger["image_id"]].find_element(By.CLASS_NAME, "reject").click()
+    WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".outcome.done")) == 2)
+    assert cards[mislabelled["image_id"]].find_element(By.CLASS_NAME, "outcome").text == f"accepted as {place}"
+    accepted = db.collection("images").document(mislabelled["image_id"]).get().to_dict()
+    assert accepted["status"] == "accepted" and accepted["place_id"] == place
+    assert bucket.blob(accepted["curated"]["path"]).exists()
+    assert db.collection("images").document(stranger["image_id"]).get().to_dict()["status"] == "rejected"
+
+    # The API trusts no other origin and answers every error in JSON.
+    record_url = f"{review_page}/api/records/{stranger['image_id']}"
+    form = requests.post(f"{record_url}/reject", data={"reason": "x"}, timeout=10)
+    assert form.status_code == 415 and form.json()["error"]["status"] == 415
+    rebound = requests.get(f"{review_page}/api/records", headers={"Host": "attacker.example:80"}, timeout=10)
+    assert rebound.status_code == 400 and "answers to" in rebound.json()["error"]["message"]
+    assert requests.get(f"{review_page}/api/records/..%2Fsecrets/thumbnail", timeout=10).status_code == 404
+    assert requests.post(f"{record_url}/explode", json={}, timeout=10).json()["error"]["status"] == 404
+    assert requests.get(f"{review_page}/api/records?limit=many", timeout=10).status_code == 400
