@@ -1,6 +1,9 @@
 """Ingestion benchmark: all world30 photos through the full local path, then the near-duplicate index.
 
-    python bench/ingest_bench.py            # prints a table, saves bench/results/ingest.json
+    python bench/ingest_bench.py [--bundle RUN_DIR]   # prints a table, saves bench/results/ingest.json
+
+With ``--bundle``, that run is registered and promoted first, so the function vets every photo with it (the model
+check, placeid.vetting); without, no model is served (photos are ingested unchecked).
 
 Part 1 starts its own local stack (fresh ports), loads the catalog, uploads every world30 photo to
 fake-gcs-server and waits until the function has recorded each one: images/second end to end, p50/p99 of
@@ -11,6 +14,7 @@ through the band index against a linear scan of the collection.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -35,15 +39,21 @@ from placeid.config import Settings  # noqa: E402
 from placeid.hashing import hamming_distance  # noqa: E402
 from placeid.neardup import NearDuplicateIndex, band_keys  # noqa: E402
 from placeid.local.stack import LocalStack  # noqa: E402
-from placeid.store import firestore_client  # noqa: E402
+from placeid.registry import Registry  # noqa: E402
+from placeid.store import firestore_client, storage_client  # noqa: E402
 
 console = Console()
 
 
-def bench_full_path(settings: Settings, stack: LocalStack) -> dict:
+def bench_full_path(settings: Settings, stack: LocalStack, bundle: Path | None) -> dict:
     db = firestore_client(settings.project)
     load_catalog(db, read_catalog(bundled_catalog_path()))
     load_catalog(db, read_catalog(settings.world30_dir / "places.json"))
+    model = None
+    if bundle:
+        registry = Registry(db, storage_client(settings.project).bucket(settings.models_bucket_name))
+        model = registry.register(bundle)["version"]
+        registry.promote(model, force=True)
     folder = settings.world30_dir / "images"
     expected = sum(1 for _ in folder.glob("*/*.jpg"))
     started = time.monotonic()
@@ -51,15 +61,23 @@ def bench_full_path(settings: Settings, stack: LocalStack) -> dict:
     uploaded_s = time.monotonic() - started
     wait_for_records(settings, expected)
     elapsed = time.monotonic() - started
-    durations = [json.loads(line)["duration_ms"] for line in stack.log_file("ingest").read_text().splitlines()
-                 if line.startswith("{") and '"message": "ingested"' in line]
+    logged = [json.loads(line) for line in stack.log_file("ingest").read_text().splitlines()
+              if line.startswith("{") and '"message": "ingested"' in line]
+    durations = [entry["duration_ms"] for entry in logged]
+    steps = sorted({step for entry in logged for step in entry.get("steps_ms", {})})
     return {
+        "model": model,
         "photos": expected,
         "end_to_end_s": round(elapsed, 1),
         "upload_s": round(uploaded_s, 1),
         "images_per_s": round(expected / elapsed, 1),
         "function_ms_p50": percentile(durations, 50),
         "function_ms_p99": percentile(durations, 99),
+        # Where an event's time goes: each step's median, and its mean share of the function's time.
+        "function_steps_ms_p50": {step: percentile([e["steps_ms"].get(step, 0.0) for e in logged], 50)
+                                  for step in steps},
+        "function_steps_share": {step: round(sum(e["steps_ms"].get(step, 0.0) for e in logged) / sum(durations), 3)
+                                 for step in steps},
         "function_peak_rss_mib": peak_rss_mib(stack.pid("ingest")),
         "bridge_concurrency": settings.bridge_concurrency,
         "outcomes": dict(status_counts(settings)),
@@ -115,16 +133,20 @@ def _write_all(db, writes: list) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, help="a run folder to serve while ingesting (the model check)")
+    args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="placeid-bench-"))
     settings = Settings.from_env(state_dir=state, firestore_port=free_port(), pubsub_port=free_port(),
-                                 gcs_port=free_port(), ingest_port=free_port(), project="placeid-bench")
+                                 gcs_port=free_port(), ingest_port=free_port(), predict_port=free_port(), project="placeid-bench",
+                                 model_cache_dir=state / "model-cache")
     os.environ.update(settings.as_env())
     os.environ.update(settings.emulator_env())
     stack = LocalStack(settings)
     try:
         with console.status("starting the local stack"):
             stack.up()
-        full = bench_full_path(settings, stack)
+        full = bench_full_path(settings, stack, args.bundle)
         stack.stop("bridge")
         stack.stop("ingest")
         requests.delete(f"{settings.url(settings.firestore_port)}/emulator/v1/projects/{settings.project}"

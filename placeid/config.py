@@ -126,13 +126,13 @@ class Settings:
     # Memory (MiB) that image decodes in flight may hold at once, per process (predict and ingest; estimated from
     # each header before decoding): a decode that does not fit waits up to decode_wait_s (predict; then 503) or
     # ingest_decode_wait_s (ingest; then the event is retried), one larger than the whole budget is refused (413 /
-    # rejected). 0 = auto: predict 128 MiB (placeid_edge.preprocess.DEFAULT_BUDGET_BYTES), ingest 112 MiB
+    # rejected). 0 = auto: predict 128 MiB (placeid_edge.preprocess.DEFAULT_BUDGET_BYTES), ingest 104 MiB
     # (placeid.ingest.DEFAULT_BUDGET_BYTES). infra/README.md, Sizing.
     decode_budget_mb: float = 0.0
     # Memory (MiB) that encoded bytes in flight may hold, per process, reserved before they are read: request
     # bodies in predict (twice the declared length: a multipart file is spooled, then read; a JSON body is parsed),
     # downloaded photos in ingest. Same waits as decodes. 0 = auto: predict 2 x max_request_bytes, ingest
-    # 2 x max_object_bytes.
+    # 1 x max_object_bytes.
     body_budget_mb: float = 0.0
     decode_wait_s: float = 10.0
     ingest_decode_wait_s: float = 60.0

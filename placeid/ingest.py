@@ -192,13 +192,15 @@ def ingest_estimate(data: bytes, limits: ValidationLimits, keep_side: int) -> in
 
 #: Ingest's decode budget unless PLACEID_DECODE_BUDGET_MB says otherwise. Photos are decoded at a working size
 #: (the curated side, ``curated_max_side``, on the shorter side): every JPEG the pixel limit allows needs under
-#: about 50 MiB; PNG/WebP/HEIF images are decoded in full before they are reduced, and fit up to about 23 MP in 4
-#: bytes per pixel (RGB, RGBA), 29 MP at 16 bits, 40 MP in palette or greyscale; larger ones are rejected from
-#: their header with the reason. With the process's own ~80 MiB and the downloads' budget this keeps an ingest
-#: instance at its deployed concurrency under 250 MiB (bench/hostile_bench.py; infra/README.md, Sizing).
-DEFAULT_BUDGET_BYTES = 112 * 2**20
-#: Downloaded photos held at once (PLACEID_BODY_BUDGET_MB unless set): this many of the largest allowed.
-BODIES_IN_FLIGHT = 2
+#: about 50 MiB; PNG/WebP/HEIF images are decoded in full before they are reduced, and fit up to about 19.5 MP in
+#: 4 bytes per pixel (RGB, RGBA), 28 MP at 16 bits, 40 MP in palette or greyscale; larger ones are rejected from
+#: their header with the reason. With the process's own ~100 MiB, the served model's ~25 MiB (placeid.vetting) and
+#: the downloads' budget this keeps an ingest instance at its deployed concurrency under 250 MiB
+#: (bench/hostile_bench.py; infra/README.md, Sizing).
+DEFAULT_BUDGET_BYTES = 104 * 2**20
+#: Downloaded photos held at once (PLACEID_BODY_BUDGET_MB unless set): this many of the largest allowed (bytes:
+#: several photos of a few MB fit at once).
+BODIES_IN_FLIGHT = 1
 
 
 def decode_and_hash(data: bytes, limits: ValidationLimits, keep_side: int) -> tuple[Image.Image, dict]:
@@ -226,6 +228,20 @@ def photo_phash(data: bytes, settings: Settings) -> str:
     training groups near duplicates by, so that both group them alike."""
     decoded = decode_image(data, ValidationLimits.from_settings(settings), keep_side=settings.curated_max_side)
     return PHash().hash_image(decoded.rgb).hex
+
+
+class StepTimes:
+    """Milliseconds each step of one event took (logged with its outcome: where an event's time goes)."""
+
+    def __init__(self):
+        self.ms: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        """Charge the time since the previous lap to ``step``."""
+        now = time.perf_counter()
+        self.ms[step] = round(self.ms.get(step, 0.0) + (now - self._last) * 1000, 1)
+        self._last = now
 
 
 def describe_failure(exc: BaseException, limit: int = 500) -> str:
@@ -263,15 +279,17 @@ class Ingestor:
         if obj is None:
             return None
         started = time.perf_counter()
+        steps = StepTimes()
         try:
-            record = self.ingest(obj)
+            record = self.ingest(obj, steps)
         except Exception as exc:  # noqa: BLE001 - every failure ends retried (young, transient) or recorded
             record = self._after_failure(obj, exc, event_age_s(event_time))
             if record is None:
                 return None
         log(logger, logging.INFO, "ingested", object=obj.uri, generation=obj.generation,
             image_id=obj.record_id, status=record["status"], reason=record.get("reason"),
-            place_id=record.get("place_id"), duration_ms=round((time.perf_counter() - started) * 1000, 1))
+            place_id=record.get("place_id"), duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            steps_ms=steps.ms)
         return record
 
     def _object_of(self, event_type: str, data: dict) -> StoredObject | None:
@@ -316,10 +334,12 @@ class Ingestor:
                 error=describe_failure(record_exc), reason=reason, **where)
             return None
 
-    def ingest(self, obj: StoredObject) -> dict:
-        """Process one object generation; idempotent."""
+    def ingest(self, obj: StoredObject, steps: StepTimes | None = None) -> dict:
+        """Process one object generation; idempotent. ``steps`` collects the time each step took."""
+        lap = (steps or StepTimes()).lap
         image_ref = self.db.collection(IMAGES).document(obj.record_id)
         existing = image_ref.get(**self.call_options)
+        lap("read_record")
         if existing.exists:
             record = existing.to_dict()
             if record["status"] != ACCEPTED or record.get("curated", {}).get("written"):
@@ -327,6 +347,7 @@ class Ingestor:
 
         record = self._base_record(obj)
         blob = self.gcs.bucket(obj.bucket).get_blob(obj.name, generation=obj.generation, **self.storage_options)
+        lap("object_metadata")
         if blob is None:
             return self._commit_final(image_ref, record, REJECTED, "object generation no longer exists")
         record["size_bytes"] = blob.size
@@ -340,6 +361,7 @@ class Ingestor:
                 data = blob.download_as_bytes(**self.storage_options)
             except gexc.NotFound:  # overwritten or deleted since the metadata read
                 return self._commit_final(image_ref, record, REJECTED, "object generation no longer exists")
+            lap("download")
             record["hashes"] = {"file_sha256": sha256_hash(data).to_dict()}
             try:
                 curated = self._decode_and_hash(data, record)
@@ -347,19 +369,25 @@ class Ingestor:
                 record["format"] = sniff_format(data)
                 return self._commit_final(image_ref, record, REJECTED, exc.message)
             del data  # from here on only the hashes and the small curated image are held
+            lap("decode_hash")
 
         place_id, label_source, problem = label_from(obj, self.settings)
         if place_id and not problem and not self.place_exists(place_id):
             problem = f"unknown place id {place_id!r}"
+        lap("label")
         if not problem:
             place_id, label_source, problem = self._vet(record, curated, place_id, label_source)
+            lap("model")
         record.update(place_id=place_id, label_source=label_source)
 
         record = self._decide_and_commit(image_ref, record, problem)
+        lap("decide_commit")
         if record["status"] == ACCEPTED:
             record = self._settle_concurrent_near_duplicates(image_ref, record)
+            lap("settle")
         if record["status"] == ACCEPTED:
             record = self.write_curated_copy(image_ref, record, curated)
+            lap("curated_copy")
         return record
 
     def _vet(self, record: dict, curated, place_id: str | None,

@@ -62,8 +62,16 @@ _TRANSIENT_TYPES = (
 )
 
 
+#: How the Firestore client words a transaction that kept conflicting with others until it ran out of attempts (a
+#: ValueError): contention, which a later delivery gets past (tests/test_hardening.py checks the client's wording).
+CONTENDED_TRANSACTION = "Failed to commit transaction in "
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for infrastructure faults that a retry may cure (the platform should redeliver)."""
+    """True for infrastructure faults that a retry may cure (the platform should redeliver), contended
+    transactions included."""
+    if isinstance(exc, ValueError) and str(exc).startswith(CONTENDED_TRANSACTION):
+        return True
     return isinstance(exc, _TRANSIENT_TYPES)
 
 

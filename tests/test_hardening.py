@@ -257,3 +257,14 @@ def test_serving_downloads_no_more_than_the_file_limit(settings, db, bucket, sma
         cache.bundle()
     assert "larger than 2000 bytes" in capsys.readouterr().out
     assert not [p for p in (scratch_dir / "cache").rglob("*") if p.is_file()]  # staging removed
+
+
+def test_a_contended_transaction_is_retried_not_recorded_as_an_error():
+    """The Firestore client gives up on a transaction that keeps conflicting with a ValueError; that is contention
+    (identical uploads at once), so the event is retried, not recorded as ``error``."""
+    from google.cloud.firestore_v1.transaction import _EXCEED_ATTEMPTS_TEMPLATE
+
+    from placeid.store import is_transient
+
+    assert is_transient(ValueError(_EXCEED_ATTEMPTS_TEMPLATE.format(5)))
+    assert not is_transient(ValueError("image mode not understood"))
