@@ -21,7 +21,7 @@ SLOW_SUBPROCESS_FIXTURES = {
     ("tests.test_gcloud_commands", "gcloud_outcomes"),  # the gcloud CLI, once per command line
     ("tests.test_trainer_image", "image"),  # the trainer image emulated: a venv, pip, training
     ("tests.test_cloudbuild_steps", "ran_steps"),  # a fresh venv and the build steps
-    ("tests.test_predict_http", "browser"),  # headless Chromium
+    ("tests.conftest", "browser"),  # headless Chromium
 }
 #: Tests that run such a subprocess themselves.
 SLOW_SUBPROCESS_TESTS = {
@@ -103,7 +103,7 @@ def test_no_slow_subprocess_is_in_the_fast_tier(collected):
     slow = [item for item in collected if runs_one(item)]
     assert {item["nodeid"].split("::")[0] for item in slow} == {
         "tests/test_gcloud_commands.py", "tests/test_trainer_image.py", "tests/test_cloudbuild_steps.py",
-        "tests/test_predict_http.py", "tests/test_infra.py"}
+        "tests/test_predict_http.py", "tests/test_vetting.py", "tests/test_infra.py"}
     assert not [item["nodeid"] for item in slow if item["selected"] or "slow" not in item["markers"]]
 
 

@@ -195,12 +195,14 @@ def test_the_pointer_lives_in_the_models_bucket_not_firestore(db, bucket, served
 
 
 def test_ingest_cannot_write_the_models_bucket():
-    """In the cloud the pointer is an object of the models bucket, which the ingest account cannot write."""
+    """In the cloud the pointer is an object of the models bucket, which the ingest account may read (to vet photos
+    with the served model) but cannot write."""
     from tests.test_infra import resources
 
     grants = [*resources("google_storage_bucket_iam_member").values(), *resources("google_project_iam_member").values()]
     ingest = [grant for grant in grants if "google_service_account.ingest" in grant["member"]]
-    assert ingest and not any("models" in grant.get("bucket", "") for grant in ingest)
+    on_models = [grant["role"] for grant in ingest if "models" in grant.get("bucket", "")]
+    assert ingest and on_models == ["roles/storage.objectViewer"]
     assert not any(grant["role"].startswith("roles/storage") for grant in ingest if "project" in grant)
 
 
