@@ -9,9 +9,10 @@ world30 photos (1,917 photos; pairs inside one near-duplicate group, pHash <= 8 
 copies and left out). Methods:
 
 - ``phash``: pHash within the near-duplicate distance (8), what the index looked up alone until now;
-- ``phash+mirror``: that, or the mirror image's pHash within it (what ingest does now);
+- ``phash+mirror``: that, or the mirror image's pHash within it;
+- ``phash+mirror+border``: those, or the pHash of the photo without its uniform border (what ingest does now);
 - ``features``: cosine of the served model's features at or above a threshold (shown for several);
-- ``combined``: ``phash+mirror``, or a second vote: features at cosine >= C together with a looser pHash distance
+- ``combined``: ``phash+mirror+border``, or a second vote: features at cosine >= C together with a looser pHash distance
   (min of pHash and mirrored pHash <= D), for the (C, D) pairs shown.
 
 Features come from the int8 bundle in ``--bundle`` (a run folder), as served: the same preprocessing, mirror-
@@ -37,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import save  # noqa: E402
 from placeid.config import Settings  # noqa: E402
-from placeid.hashing import MirroredPHash, PHash  # noqa: E402
+from placeid.hashing import MirroredPHash, PHash, trim_uniform_border  # noqa: E402
 from placeid_edge.bundle import Bundle  # noqa: E402
 from placeid_edge.preprocess import prepare_image  # noqa: E402
 from placeid_edge.rejection import unit_rows  # noqa: E402
@@ -96,15 +97,18 @@ TRANSFORMS = {
 }
 
 
-def signals(images: list[Image.Image], bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """pHashes and mirrored pHashes (as 64-bit integers) and unit-length model features of each image."""
+def signals(images: list[Image.Image], bundle: Bundle) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """pHashes, mirrored pHashes and pHashes without a uniform border (the pHash when there is none to trim), as
+    64-bit integers, and unit-length model features of each image."""
     phash = np.array([int(PHash().hash_image(im).hex, 16) for im in images], dtype=np.uint64)
     mirrored = np.array([int(MirroredPHash().hash_image(im).hex, 16) for im in images], dtype=np.uint64)
+    trimmed = np.array([int(PHash().hash_image(trim_uniform_border(im) or im).hex, 16) for im in images],
+                       dtype=np.uint64)
     features = []
     for start in range(0, len(images), 32):
         batch = np.stack([prepare_image(im, bundle.input_size) for im in images[start:start + 32]])
         features.append(bundle.model.run(batch)[1])
-    return phash, mirrored, unit_rows(np.concatenate(features))
+    return phash, mirrored, trimmed, unit_rows(np.concatenate(features))
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -112,10 +116,13 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int16)
 
 
-def methods(distance: np.ndarray, mirrored_distance: np.ndarray, cosine: np.ndarray) -> dict[str, np.ndarray]:
+def methods(distance: np.ndarray, mirrored_distance: np.ndarray, trimmed_distance: np.ndarray,
+            cosine: np.ndarray) -> dict[str, np.ndarray]:
     """Each method's verdict (True = near duplicates) for pairs given their signals."""
-    nearest = np.minimum(distance, mirrored_distance)
-    found = {"phash": distance <= DISTANCE, "phash+mirror": nearest <= DISTANCE}
+    mirror = np.minimum(distance, mirrored_distance)
+    nearest = np.minimum(mirror, trimmed_distance)
+    found = {"phash": distance <= DISTANCE, "phash+mirror": mirror <= DISTANCE,
+             "phash+mirror+border": nearest <= DISTANCE}
     for c in COSINES:
         found[f"features >= {c:.2f}"] = cosine >= c
     for c, d in COMBINED:
@@ -133,7 +140,7 @@ def main() -> None:
     bundle = Bundle.load(args.bundle)
     paths = sorted((Settings.from_env().world30_dir / "images").glob("*/*.jpg"))
     photos = [ImageOps.exif_transpose(Image.open(p)).convert("RGB") for p in tqdm(paths, desc="read", unit="img")]
-    phash, mirrored, features = signals(photos, bundle)
+    phash, mirrored, trimmed, features = signals(photos, bundle)
 
     # False matches: every pair of distinct photos (not one near-duplicate group).
     grouped = [Example(str(p), "", "", format(int(h), "016x")) for p, h in zip(paths, phash)]
@@ -145,6 +152,8 @@ def main() -> None:
     pair_found = methods(hamming(phash[pairs[0]], phash[pairs[1]]),
                          np.minimum(hamming(mirrored[pairs[0]], phash[pairs[1]]),
                                     hamming(phash[pairs[0]], mirrored[pairs[1]])),
+                         np.minimum(hamming(trimmed[pairs[0]], phash[pairs[1]]),
+                                    hamming(phash[pairs[0]], trimmed[pairs[1]])),
                          np.einsum("ij,ij->i", features[pairs[0]], features[pairs[1]]))
 
     # Recall: edits of a sample of photos against their originals.
@@ -153,9 +162,9 @@ def main() -> None:
     recall: dict[str, dict[str, float]] = {}
     for name, transform in TRANSFORMS.items():
         edited = [transform(photos[i], rng) for i in tqdm(sample, desc=name, unit="img")]
-        e_phash, e_mirrored, e_features = signals(edited, bundle)
+        e_phash, e_mirrored, e_trimmed, e_features = signals(edited, bundle)
         found = methods(hamming(e_phash, phash[sample]), hamming(e_mirrored, phash[sample]),
-                        np.einsum("ij,ij->i", e_features, features[sample]))
+                        hamming(e_trimmed, phash[sample]), np.einsum("ij,ij->i", e_features, features[sample]))
         recall[name] = {method: round(float(hits.mean()), 4) for method, hits in found.items()}
     results = {
         "photos": len(photos), "edited_photos": args.photos, "bundle": bundle.version, "distance": DISTANCE,

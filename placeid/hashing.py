@@ -149,6 +149,28 @@ class WHash(PerceptualHasher):
         return whash_value(_grey(image), hash_size=self.hash_size)
 
 
+#: A border is trimmed when it is at least this share of the side it is on...
+BORDER_MIN_SHARE = 0.01
+#: ... and every grey level in it is within this of the corner's.
+BORDER_TOLERANCE = 12
+
+
+def trim_uniform_border(image: Image.Image) -> Image.Image | None:
+    """``image`` without the uniform border (one colour, the top-left corner's, on any side) that a re-post or a
+    screenshot adds, or None when it has none worth trimming."""
+    grey = _grey(image)
+    corner = grey.getpixel((0, 0))
+    content = grey.point(lambda value: 255 if abs(value - corner) > BORDER_TOLERANCE else 0).getbbox()
+    if content is None:
+        return None  # one colour: nothing but border
+    left, top, right, bottom = content
+    width, height = grey.size
+    cut = max(left / width, top / height, (width - right) / width, (height - bottom) / height)
+    if cut < BORDER_MIN_SHARE or (right - left) < width / 4 or (bottom - top) < height / 4:
+        return None
+    return image.crop(content)
+
+
 PERCEPTUAL_HASHERS: tuple[PerceptualHasher, ...] = (PHash(), MirroredPHash(), DHash(), WHash())
 
 

@@ -44,6 +44,7 @@ from placeid.hashing import (
     PHash,
     perceptual_hashes,
     sha256_hash,
+    trim_uniform_border,
 )
 from placeid_edge.imaging import (
     STRIP_BYTES,
@@ -175,7 +176,8 @@ def ingest_estimate(data: bytes, limits: ValidationLimits, keep_side: int) -> in
     """Peak bytes decoding and hashing ``data`` at the working size ``keep_side`` needs, from its header: the
     decode (imaging.decode_estimate), or, if more, the working RGB image with the curated copy's intermediate (at
     most a quarter of it) and the greyscale image the perceptual hashes are computed from beside it, or the
-    curated image, that greyscale image, whash's float arrays and a strip's allowance for the allocator. Raises
+    curated image, that greyscale image (with a mask and a crop of it, looking for a border), whash's float arrays
+    and a strip's allowance for the allocator. Raises
     what the header checks raise."""
     if not data:
         return 0  # decode_image says why
@@ -186,7 +188,7 @@ def ingest_estimate(data: bytes, limits: ValidationLimits, keep_side: int) -> in
     width, height = -(-img.size[0] // factor), -(-img.size[1] // factor)
     scale = 2 ** int(math.log2(min(width, height)))
     whash = WHASH_FLOAT_BYTES * scale * scale if scale <= WHASH_INTEGER_FROM_SCALE else 0
-    hashing = 4 * keep_side * keep_side + width * height + whash + STRIP_BYTES
+    hashing = 4 * keep_side * keep_side + 3 * width * height + whash + STRIP_BYTES
     return max(decode, estimate_decode_bytes(width, height, "RGB") + 2 * width * height, hashing)
 
 
@@ -220,6 +222,9 @@ def decode_and_hash(data: bytes, limits: ValidationLimits, keep_side: int) -> tu
     rgb.close()
     del rgb
     hashes.update({k: v.to_dict() for k, v in perceptual_hashes(grey).items()})
+    trimmed = trim_uniform_border(grey)  # a mask and a crop of the greyscale image, for a moment
+    if trimmed is not None:
+        hashes["phash_trimmed"] = PHash().hash_image(trimmed).to_dict()
     return curated, dict(fields, hashes=hashes)
 
 
@@ -522,11 +527,15 @@ class Ingestor:
 
     def _near_duplicates(self, hashes: dict) -> tuple[list, str]:
         """Accepted images near this photo, and how they were found: by its pHash, or else by its mirror image's
-        (a mirrored copy of an accepted photo)."""
-        near = self.index.find(hashes["phash"]["hex"])
-        if near or "phash_mirror" not in hashes:
-            return near, "pHash"
-        return self.index.find(hashes["phash_mirror"]["hex"]), "the mirror image's pHash"
+        (a mirrored copy of an accepted photo), or else by the pHash of the photo without its uniform border (an
+        accepted photo re-posted with a frame)."""
+        lookups = (("phash", "pHash"), ("phash_mirror", "the mirror image's pHash"),
+                   ("phash_trimmed", "the pHash without its border"))
+        for key, how in lookups:
+            near = self.index.find(hashes[key]["hex"]) if key in hashes else []
+            if near:
+                return near, how
+        return [], ""
 
     def claim_and_index(self, txn: firestore.Transaction, record: dict, claim_file_name: bool | None = None) -> None:
         """Within ``txn``: make ``record`` the owner of its content claims and add it to the near index; its file

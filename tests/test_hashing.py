@@ -111,3 +111,22 @@ def test_a_mirrored_copy_has_the_photos_phash_as_its_mirrored_phash(world30_phot
         photo = Image.open(path).convert("RGB")
         assert MirroredPHash().hash_image(ImageOps.mirror(photo)).hex == PHash().hash_image(photo).hex
         assert hamming_distance(PHash().hash_image(photo).hex, MirroredPHash().hash_image(photo).hex) > 16
+
+
+def test_a_framed_copy_without_its_border_has_the_photos_phash(world30_photos):
+    """A uniform frame (white or black, 5 % of the side) is trimmed and the rest hashes as the photo does; a photo
+    with no such border, and an image of one colour, have nothing to trim."""
+    from PIL import ImageOps
+
+    from placeid.hashing import trim_uniform_border
+
+    for index, path in enumerate([paths[4] for paths in world30_photos.values()][:10]):
+        photo = Image.open(path).convert("RGB")
+        framed = ImageOps.expand(photo, border=max(photo.size) // 20, fill=[(255, 255, 255), (0, 0, 0)][index % 2])
+        trimmed = trim_uniform_border(framed)
+        assert trimmed is not None  # (a photo's own edge of the frame's colour may go with it)
+        assert all(abs(a - b) <= 0.03 * b for a, b in zip(trimmed.size, photo.size)), (path.name, trimmed.size)
+        assert hamming_distance(PHash().hash_image(trimmed).hex, PHash().hash_image(photo).hex) <= 8  # the index's d
+    assert trim_uniform_border(Image.new("RGB", (300, 200), (10, 120, 200))) is None
+    noisy = Image.effect_noise((300, 200), 60).convert("RGB")
+    assert trim_uniform_border(noisy) is None
