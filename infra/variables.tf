@@ -149,6 +149,16 @@ variable "data_bucket" {
   }
 }
 
+variable "near_features_dimension" {
+  description = "Length of the served model's feature vectors (the near-duplicate features index, placeid.neardup.FeatureIndex): 1280 for EfficientNet-Lite0/Lite2 and MobileNetV2. A model with another length needs its own index; until then ingest votes with pHashes only."
+  type        = number
+  default     = 1280
+  validation {
+    condition     = var.near_features_dimension >= 1 && var.near_features_dimension <= 2048
+    error_message = "near_features_dimension is 1..2048 (Firestore's vector limit)."
+  }
+}
+
 variable "labels" {
   description = "Labels put on every resource that takes them."
   type        = map(string)

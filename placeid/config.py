@@ -42,6 +42,8 @@ ENV_VARS = {
     "curated_max_side": "PLACEID_CURATED_MAX_SIDE",
     "curated_jpeg_quality": "PLACEID_CURATED_QUALITY",
     "near_dup_distance": "PLACEID_NEAR_DUP_DISTANCE",
+    "near_dup_cosine": "PLACEID_NEAR_DUP_COSINE",
+    "near_dup_loose_distance": "PLACEID_NEAR_DUP_LOOSE_DISTANCE",
     "firestore_timeout_s": "PLACEID_FIRESTORE_TIMEOUT_S",
     "state_dir": "PLACEID_STATE_DIR",
     "firestore_port": "PLACEID_FIRESTORE_PORT",
@@ -99,6 +101,10 @@ class Settings:
     curated_max_side: int = 1024
     curated_jpeg_quality: int = 90
     near_dup_distance: int = 8  # pHash Hamming distance (ingest's index, training's split groups)
+    # The second vote (a crop or a tilt of an accepted photo): the served model's features at cosine >= this and a
+    # pHash within the looser distance (bench/neardup_bench.py measured the pair; README, Ingestion).
+    near_dup_cosine: float = 0.85
+    near_dup_loose_distance: int = 20
     firestore_timeout_s: float = 30.0
     state_dir: Path = REPO_ROOT / ".placeid"  # local stack pids and logs
     host: str = "127.0.0.1"
@@ -166,6 +172,11 @@ class Settings:
         """Reject settings that cannot work, with a message naming the variable."""
         if not 0 <= self.near_dup_distance <= NEAR_DUP_MAX_DISTANCE:
             raise ValueError(f"PLACEID_NEAR_DUP_DISTANCE must be within 0..{NEAR_DUP_MAX_DISTANCE} (bits of a pHash)")
+        if not self.near_dup_distance <= self.near_dup_loose_distance <= NEAR_DUP_MAX_DISTANCE:
+            raise ValueError("PLACEID_NEAR_DUP_LOOSE_DISTANCE must be within PLACEID_NEAR_DUP_DISTANCE.."
+                             f"{NEAR_DUP_MAX_DISTANCE}")
+        if not 0 < self.near_dup_cosine <= 1:
+            raise ValueError("PLACEID_NEAR_DUP_COSINE must be within 0..1 (a cosine similarity)")
         if self.max_object_bytes <= 0 or self.max_pixels <= 0:
             raise ValueError("PLACEID_MAX_OBJECT_BYTES and PLACEID_MAX_PIXELS must be positive")
         if min(self.decode_budget_mb, self.body_budget_mb, self.decode_wait_s, self.ingest_decode_wait_s) < 0:

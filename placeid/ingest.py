@@ -64,10 +64,10 @@ from placeid_edge.imaging import (
     sniff_format,
 )
 from placeid.logs import get_logger, log
-from placeid.neardup import NearDuplicateIndex
+from placeid.neardup import FeatureIndex, NearDuplicateIndex
 from placeid.registry import Registry
 from placeid.serving import ModelCache
-from placeid.vetting import LABELLED, Vetter
+from placeid.vetting import LABELLED, Verdict, Vetter
 from placeid.store import (
     IMAGES,
     PLACES,
@@ -271,6 +271,8 @@ class Ingestor:
                                 auto_bytes=DEFAULT_BUDGET_BYTES, body_mb=self.settings.body_budget_mb,
                                 body_auto_bytes=BODIES_IN_FLIGHT * self.settings.max_object_bytes)
         self.index = NearDuplicateIndex(self.db, self.settings.near_dup_distance, self.call_options)
+        self.features_index = FeatureIndex(self.db, self.settings.near_dup_cosine,
+                                           self.settings.near_dup_loose_distance, self.call_options)
         registry = Registry(self.db, self.gcs.bucket(self.settings.models_bucket_name))
         self.vetter = Vetter(self.settings, ModelCache(self.settings, registry))
         self._known_places: dict[str, float] = {}
@@ -380,12 +382,13 @@ class Ingestor:
         if place_id and not problem and not self.place_exists(place_id):
             problem = f"unknown place id {place_id!r}"
         lap("label")
+        opinion = None
         if not problem:
-            place_id, label_source, problem = self._vet(record, curated, place_id, label_source)
+            place_id, label_source, problem, opinion = self._vet(record, curated, place_id, label_source)
             lap("model")
         record.update(place_id=place_id, label_source=label_source)
 
-        record = self._decide_and_commit(image_ref, record, problem)
+        record = self._decide_and_commit(image_ref, record, problem, opinion)
         lap("decide_commit")
         if record["status"] == ACCEPTED:
             record = self._settle_concurrent_near_duplicates(image_ref, record)
@@ -396,7 +399,7 @@ class Ingestor:
         return record
 
     def _vet(self, record: dict, curated, place_id: str | None,
-             label_source: str | None) -> tuple[str | None, str | None, str | None]:
+             label_source: str | None) -> tuple[str | None, str | None, str | None, Verdict]:
         """The serving model's verdict on the photo (``record["vetting"]``), and the (place_id, label_source,
         problem) that follow: an unlabelled photo the model is sure of takes its label; a suspect or an unsure
         photo gets the reason it is quarantined for; an unlabelled one no model could label, NO_LABEL."""
@@ -404,11 +407,11 @@ class Ingestor:
         record["vetting"] = verdict.record
         if verdict.outcome == LABELLED:
             if not self.place_exists(verdict.place_id):
-                return None, None, f"the model's label {verdict.place_id!r} is not in the catalog"
-            return verdict.place_id, "model", None
+                return None, None, f"the model's label {verdict.place_id!r} is not in the catalog", verdict
+            return verdict.place_id, "model", None, verdict
         if verdict.quarantine:
-            return place_id, label_source, verdict.reason
-        return place_id, label_source, None if place_id else NO_LABEL
+            return place_id, label_source, verdict.reason, verdict
+        return place_id, label_source, None if place_id else NO_LABEL, verdict
 
     def _decode_and_hash(self, data: bytes, record: dict):
         """:func:`decode_and_hash` within the process's decode memory budget (reserved from the header's
@@ -483,11 +486,13 @@ class Ingestor:
 
         demote(self.db.transaction())
 
-    def _decide_and_commit(self, image_ref, record: dict, label_problem: str | None) -> dict:
-        """In one transaction: exact-duplicate and file-name claims, near-duplicate verdict, record."""
+    def _decide_and_commit(self, image_ref, record: dict, label_problem: str | None,
+                           opinion: Verdict | None = None) -> dict:
+        """In one transaction: exact-duplicate and file-name claims, near-duplicate verdict, record. ``opinion``:
+        the served model's verdict, whose features are the second near-duplicate vote."""
         file_sha = record["hashes"]["file_sha256"]["hex"]
         file_claim_ref, pixel_claim_ref, name_claim_ref = claim_refs(self.db, record)
-        near, how = ([], "") if label_problem else self._near_duplicates(record["hashes"])
+        near, how = ([], "") if label_problem else self._near_duplicates(record["hashes"], opinion)
 
         @firestore.transactional
         def decide(txn: firestore.Transaction) -> dict:
@@ -518,29 +523,39 @@ class Ingestor:
                 verdict.update(status=ACCEPTED, reason=None,
                                curated={"path": curated_path(self.settings, record["place_id"], record["image_id"]),
                                         "written": False})
-                self.claim_and_index(txn, verdict, claim_file_name=not name_claim.exists)
+                self.claim_and_index(txn, verdict, claim_file_name=not name_claim.exists, opinion=opinion)
             txn.create(image_ref, verdict)
             return verdict
 
         decide(self.db.transaction())
         return image_ref.get(**self.call_options).to_dict()
 
-    def _near_duplicates(self, hashes: dict) -> tuple[list, str]:
+    def _near_duplicates(self, hashes: dict, opinion: Verdict | None) -> tuple[list, str]:
         """Accepted images near this photo, and how they were found: by its pHash, or else by its mirror image's
         (a mirrored copy of an accepted photo), or else by the pHash of the photo without its uniform border (an
-        accepted photo re-posted with a frame)."""
+        accepted photo re-posted with a frame), or else by two votes together: the served model's features and a
+        looser pHash distance (a crop, a tilt: neardup.FeatureIndex)."""
         lookups = (("phash", "pHash"), ("phash_mirror", "the mirror image's pHash"),
                    ("phash_trimmed", "the pHash without its border"))
         for key, how in lookups:
             near = self.index.find(hashes[key]["hex"]) if key in hashes else []
             if near:
                 return near, how
-        return [], ""
+        if opinion is None or opinion.features is None:
+            return [], ""
+        mine = [hashes[key]["hex"] for key, _ in lookups if key in hashes]
+        try:
+            near = self.features_index.find(opinion.features, opinion.record["model_version"], mine)
+        except (gexc.FailedPrecondition, gexc.InvalidArgument) as exc:  # no vector index of this model's size
+            log(logger, logging.WARNING, "near-duplicate features lookup failed; pHash votes only", error=str(exc))
+            return [], ""
+        return near, f"the model's features (cosine {near[0].cosine:.2f}) and a pHash" if near else ""
 
-    def claim_and_index(self, txn: firestore.Transaction, record: dict, claim_file_name: bool | None = None) -> None:
-        """Within ``txn``: make ``record`` the owner of its content claims and add it to the near index; its file
-        name too when ``claim_file_name`` (None: when no other image claims that name yet, read within ``txn``,
-        so before any write in it)."""
+    def claim_and_index(self, txn: firestore.Transaction, record: dict, claim_file_name: bool | None = None,
+                        opinion: Verdict | None = None) -> None:
+        """Within ``txn``: make ``record`` the owner of its content claims and add it to the near indexes (the
+        features one when the model's ``opinion`` has features); its file name too when ``claim_file_name`` (None:
+        when no other image claims that name yet, read within ``txn``, so before any write in it)."""
         file_claim_ref, pixel_claim_ref, name_claim_ref = claim_refs(self.db, record)
         if claim_file_name is None:
             claim_file_name = not name_claim_ref.get(transaction=txn).exists
@@ -551,6 +566,9 @@ class Ingestor:
         if claim_file_name:
             txn.set(name_claim_ref, dict(claim, file_name=record["file_name"]))
         self.index.add(txn, record["image_id"], record["hashes"]["phash"]["hex"])
+        if opinion is not None and opinion.features is not None:
+            self.features_index.add(txn, record["image_id"], opinion.features, opinion.record["model_version"],
+                                    record["hashes"]["phash"]["hex"])
 
     def release_claims(self, txn: firestore.Transaction, record: dict) -> None:
         """Within ``txn``, before any write in it: delete the claims ``record`` owns and its index entry."""
@@ -560,6 +578,7 @@ class Ingestor:
         for ref in owned:
             txn.delete(ref)
         self.index.remove(txn, record["image_id"], record["hashes"]["phash"]["hex"])
+        self.features_index.remove(txn, record["image_id"])
 
     def _settle_concurrent_near_duplicates(self, image_ref, record: dict) -> dict:
         """Two near-identical photos may both pass the pre-check at the same moment. Both are indexed; the
@@ -581,6 +600,7 @@ class Ingestor:
             "curated": firestore.DELETE_FIELD, "updated_at": firestore.SERVER_TIMESTAMP,
         })
         self.index.remove(batch, image_id, phash)
+        self.features_index.remove(batch, image_id)
         batch.commit(**self.call_options)
         return image_ref.get(**self.call_options).to_dict()
 

@@ -10,6 +10,9 @@ ten times more candidates.
 
 Point reads are also what the Firestore emulator serves fast; its queries scan every document.
 In production, exempt ``near_bands.members`` from single-field indexing (infra/): nothing queries it.
+
+:class:`FeatureIndex` is the second vote, for what pHashes miss (crops, tilts): the served model's features in a
+Firestore vector index, confirmed by a looser pHash distance.
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import combinations
 
+import numpy as np
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.base_vector_query import DistanceMeasure
+from google.cloud.firestore_v1.vector import Vector
 
 from placeid.config import PHASH_BITS
 from placeid.hashing import hamming_distance
-from placeid.store import NEAR_BANDS
+from placeid.store import NEAR_BANDS, NEAR_FEATURES
 
 HASH_BITS = PHASH_BITS
 _LATEST = datetime.max.replace(tzinfo=timezone.utc)
@@ -144,3 +151,60 @@ def rebuild_index(db: firestore.Client, distance: int, accepted: list[tuple[str,
             batch.delete(ref) if kind == "delete" else batch.set(ref, value)
         batch.commit()
     return len(members)
+
+
+@dataclass(frozen=True)
+class FeatureMatch:
+    """An accepted image whose model features are close to a new photo's, and its pHash nearly so."""
+
+    image_id: str
+    cosine: float
+    distance: int  # the smallest pHash distance among the new photo's hashes
+
+
+class FeatureIndex:
+    """The ``near_features`` collection: the served model's pooled features of each accepted image (a Firestore
+    vector), its pHash and the model version. The second vote for near duplicates that pHashes miss (a crop, a
+    tilt): an accepted image whose features are within ``cosine`` of a new photo's (a nearest-neighbour query on a
+    vector index, sub-linear, among images scored by the same model) and whose pHash is within ``loose_distance``
+    of one of the photo's hashes. Neither vote alone: distinct photos of one landmark have close features, and
+    crops have far pHashes (bench/neardup_bench.py)."""
+
+    #: Nearest neighbours asked for; the votes are checked on each.
+    NEIGHBOURS = 5
+
+    def __init__(self, db: firestore.Client, cosine: float, loose_distance: int, call_options: dict | None = None):
+        self.collection = db.collection(NEAR_FEATURES)
+        self.cosine = cosine
+        self.loose_distance = loose_distance
+        self.call_options = call_options or {}
+
+    def find(self, features: np.ndarray, model_version: str, hashes: list[str]) -> list[FeatureMatch]:
+        """Accepted images both votes put near a photo (its features from ``model_version``, its hashes), closest
+        first."""
+        query = self.collection.where(filter=FieldFilter("model_version", "==", model_version)).find_nearest(
+            vector_field="features", query_vector=Vector(unit_vector(features)), distance_measure=DistanceMeasure.COSINE,
+            limit=self.NEIGHBOURS, distance_result_field="cosine_distance")
+        matches = []
+        for snap in query.stream(**self.call_options):
+            cosine = 1.0 - float(snap.get("cosine_distance"))
+            distance = min(hamming_distance(mine, snap.get("phash")) for mine in hashes)
+            if cosine >= self.cosine and distance <= self.loose_distance:
+                matches.append(FeatureMatch(snap.id, round(cosine, 4), distance))
+        return sorted(matches, key=lambda m: -m.cosine)
+
+    def add(self, writer, image_id: str, features: np.ndarray, model_version: str, phash_hex: str) -> None:
+        """Index an accepted image's features through ``writer`` (a transaction or batch); replaces an older
+        model's."""
+        writer.set(self.collection.document(image_id), {"features": Vector(unit_vector(features)),
+                                                        "model_version": model_version, "phash": phash_hex})
+
+    def remove(self, writer, image_id: str) -> None:
+        writer.delete(self.collection.document(image_id))
+
+
+def unit_vector(values: np.ndarray) -> list[float]:
+    """``values`` scaled to unit length, as floats (a Firestore vector)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    norm = float(np.linalg.norm(values))
+    return (values / norm if norm > 0 else values).tolist()

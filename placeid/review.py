@@ -160,7 +160,8 @@ class Reviewer:
         image quarantined by vetting or for want of a label. Resumable: an image this model already scored is
         skipped, so an interrupted rescan goes on where it stopped. An accepted image the model now flags
         ``suspect`` is quarantined with its suggestion; every other image keeps its status, with the model's fresh
-        answer and suggestion in ``vetting`` (a quarantined one is decided in review: :meth:`apply_suggestion`).
+        answer and suggestion in ``vetting`` (a quarantined one is decided in review: :meth:`apply_suggestion`),
+        and an accepted one's features go into the near-duplicate features index under the new model.
         Returns the count of each action; ``progress(done, total)`` after each batch."""
         candidates = self._rescan_candidates()
         pending = [r for r in candidates if (r.get("vetting") or {}).get("model_version") != bundle.version]
@@ -181,7 +182,7 @@ class Reviewer:
 
     def _rescan_candidates(self) -> list[dict]:
         """Accepted images, and quarantined ones that vetting quarantined or that have no label."""
-        fields = ["image_id", "status", "reason", "place_id", "label_source", "vetting", "source", "curated"]
+        fields = ["image_id", "status", "reason", "place_id", "label_source", "vetting", "source", "curated", "hashes"]
         found = []
         for status in (ACCEPTED, QUARANTINED):
             query = self.images.where(filter=FieldFilter("status", "==", status)).select(fields)
@@ -219,7 +220,20 @@ class Reviewer:
         update = dict(changes, updated_at=firestore.SERVER_TIMESTAMP)
         if status == QUARANTINED and verdict.reason:
             update["reason"] = verdict.reason
-        self.images.document(image_id).update(update)
+        ref = self.images.document(image_id)
+
+        @firestore.transactional
+        def commit(txn) -> bool:
+            if ref.get(transaction=txn).get("status") != status:
+                return False
+            txn.update(ref, update)
+            if status == ACCEPTED and verdict.features is not None:  # the features vote follows the served model
+                self.ingestor.features_index.add(txn, image_id, verdict.features, verdict.record["model_version"],
+                                                 record["hashes"]["phash"]["hex"])
+            return True
+
+        if not commit(self.db.transaction()):
+            return "skipped: changed meanwhile"
         return f"kept {status}" + (f" ({verdict.outcome})" if status == QUARANTINED else "")
 
     def apply_suggestion(self, image_id: str, note: str = "") -> dict:

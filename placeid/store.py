@@ -21,6 +21,7 @@ PLACES = "places"
 SITES = "sites"
 IMAGES = "images"
 NEAR_BANDS = "near_bands"
+NEAR_FEATURES = "near_features"
 CONTENT_CLAIMS = "content_claims"
 FILENAME_CLAIMS = "filename_claims"
 MODELS = "models"
@@ -40,6 +41,22 @@ class CompositeIndex:
 COMPOSITE_INDEXES = (
     CompositeIndex(SITES, (("kind", "ASCENDING"), ("geohash", "ASCENDING")), "catalog.sites_within(kind=...)"),
     CompositeIndex(IMAGES, (("status", "ASCENDING"), ("created_at", "ASCENDING")), "review.Reviewer.list"),
+)
+@dataclass(frozen=True)
+class VectorIndex:
+    """A Firestore vector index (flat) for nearest-neighbour queries on ``vector_field`` after equality filters on
+    ``prefix_fields``; its dimension is the Terraform variable ``dimension_variable`` (it depends on the model)."""
+
+    collection: str
+    prefix_fields: tuple[str, ...]
+    vector_field: str
+    dimension_variable: str
+    used_by: str
+
+
+VECTOR_INDEXES = (
+    VectorIndex(NEAR_FEATURES, ("model_version",), "features", "near_features_dimension",
+                "neardup.FeatureIndex.find"),
 )
 #: Fields whose automatic single-field indexes are turned off: maps keyed by image id, never queried, that
 #: would otherwise cost an index entry per key and hit the per-document index-entry limit.

@@ -11,8 +11,9 @@ test photos ships beside it). With no model being served, photos are ingested un
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from placeid.config import Settings
@@ -43,6 +44,7 @@ class Verdict:
     place_id: str | None
     reason: str | None
     record: dict
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)  # the model's, for near duplicates
 
     @property
     def quarantine(self) -> bool:
@@ -78,7 +80,7 @@ def judge(prediction: Prediction, label: str | None, threshold: float | None) ->
               "top_k": [{"place_id": c["place_id"], "probability": c["probability"]} for c in prediction.top_k],
               "unknown": prediction.unknown, "rejection": prediction.rejection, "label_threshold": threshold,
               "suggestion": suggestion}
-    return Verdict(outcome, place_id, reason, record)
+    return Verdict(outcome, place_id, reason, record, prediction.features)
 
 
 def unchecked(why: str) -> Verdict:

@@ -20,7 +20,7 @@ import yaml
 from placeid_cli.main import build_parser
 from placeid.config import REPO_ROOT
 from placeid.local.deploy import FUNCTIONS, INDEXES_FILE, package_function, render_indexes, vendored_modules
-from placeid.store import COMPOSITE_INDEXES
+from placeid.store import COMPOSITE_INDEXES, VECTOR_INDEXES
 
 INFRA = REPO_ROOT / "infra"
 TOOLS_VENV = Path(os.environ.get("PLACEID_TOOLS_VENV", REPO_ROOT / ".venv-tools"))
@@ -113,7 +113,9 @@ def test_the_deployment_has_what_the_product_needs():
 def test_firestore_indexes_are_generated_from_the_code():
     assert INDEXES_FILE.read_text() == render_indexes(), "run `placeid infra indexes`"
     generated = json.loads(INDEXES_FILE.read_text())["resource"]
-    assert len(generated["google_firestore_index"]) == len(COMPOSITE_INDEXES)
+    assert len(generated["google_firestore_index"]) == len(COMPOSITE_INDEXES) + len(VECTOR_INDEXES)
+    vector = generated["google_firestore_index"]["near_features_model_version_features"]["fields"][-1]
+    assert vector["vector_config"] == {"dimension": "${var.near_features_dimension}", "flat": {}}
     assert generated["google_firestore_field"]["near_bands_members"]["index_config"] == {}
 
 

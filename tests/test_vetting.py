@@ -273,3 +273,30 @@ def test_review_page_in_headless_chromium(served, client, db, bucket, answers, r
     assert requests.get(f"{review_page}/api/records/..%2Fsecrets/thumbnail", timeout=10).status_code == 404
     assert requests.post(f"{record_url}/explode", json={}, timeout=10).json()["error"]["status"] == 404
     assert requests.get(f"{review_page}/api/records?limit=many", timeout=10).status_code == 400
+
+
+def test_a_cropped_copy_is_caught_by_the_models_features_and_a_looser_phash(served, client, db, bucket, answers,
+                                                                           world30_photos):
+    """A crop of an accepted photo (10 % off each side) slips past every pHash at distance 8; the model's features
+    (the served one's) together with a pHash within the looser distance catch it. Another photo of the same place
+    has close features too, but no near pHash: it is accepted."""
+    import io
+
+    from PIL import Image
+
+    photo, place = answers["sure"][0]
+    original = ingest(client, bucket, db, f"raw/{place}/{photo.name}", photo.read_bytes())
+    assert original["status"] == "accepted"
+    stored = db.collection("near_features").document(original["image_id"]).get().to_dict()
+    assert stored["model_version"] == served and len(stored["features"].to_map_value()["value"]) > 0
+
+    image = Image.open(photo).convert("RGB")
+    w, h = image.size
+    cropped = io.BytesIO()
+    image.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(cropped, "JPEG", quality=90)
+    copy = ingest(client, bucket, db, f"raw/{place}/cropped-{photo.name}", cropped.getvalue())
+    assert copy["status"] == "near_duplicate" and copy["duplicate_of"] == original["image_id"], copy["reason"]
+    assert copy["reason"].startswith("the model's features (cosine 0.")
+
+    for other in [p for p in world30_photos[place] if p != photo][:3]:
+        assert ingest(client, bucket, db, f"raw/{place}/{other.name}", other.read_bytes())["status"] == "accepted"

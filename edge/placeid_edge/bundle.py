@@ -8,7 +8,7 @@ import json
 import time
 import zipfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +77,12 @@ class Prediction:
     rejection: dict | None
     gps: dict | None
     timing_ms: dict = field(default_factory=dict)
+    #: The model's pooled features of the photo (None when the model has no such output): for near-duplicate
+    #: checks in placeid, never part of an answer.
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(replace(self, features=None)).items() if key != "features"}
 
 
 def _read_member(source: Path, archive: zipfile.ZipFile | None, name: str) -> bytes:
@@ -193,10 +196,14 @@ class Bundle:
         scores = (rejection_score(probabilities, self.rejection["kind"], features, self.prototypes)
                   if self.rejection else [None] * len(pixels))
         total_ms = (time.perf_counter() - started) * 1000 / len(pixels)
-        return [self._describe(probs, score, gps, top_k, lookup,
-                               {"decode": round(decode, 2), "inference": round(inference_ms, 2),
-                                "total": round(total_ms, 2)})
-                for probs, score, gps, decode in zip(probabilities, scores, positions, decode_ms)]
+        predictions = [self._describe(probs, score, gps, top_k, lookup,
+                                      {"decode": round(decode, 2), "inference": round(inference_ms, 2),
+                                       "total": round(total_ms, 2)})
+                       for probs, score, gps, decode in zip(probabilities, scores, positions, decode_ms)]
+        if features is not None:
+            for prediction, row in zip(predictions, features):
+                prediction.features = row
+        return predictions
 
     def place_details(self, place_id: str, lookup: PlaceLookup | None = None) -> dict | None:
         """A place from ``lookup`` when it knows it, else from the bundle's snapshot."""

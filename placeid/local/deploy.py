@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 from placeid.config import REPO_ROOT
-from placeid.store import COMPOSITE_INDEXES, INDEX_EXEMPTIONS
+from placeid.store import COMPOSITE_INDEXES, INDEX_EXEMPTIONS, VECTOR_INDEXES
 from placeid_edge.errors import NotFound
 
 FUNCTIONS = ("ingest", "predict")
@@ -115,6 +115,15 @@ def firestore_indexes_tf() -> dict:
         }
         for index in COMPOSITE_INDEXES
     }
+    for index in VECTOR_INDEXES:
+        indexes[f"{index.collection}_{'_'.join(index.prefix_fields)}_{index.vector_field}"] = {
+            "project": "${var.project_id}",
+            "database": database,
+            "collection": index.collection,
+            "fields": [{"field_path": field, "order": "ASCENDING"} for field in index.prefix_fields] + [
+                {"field_path": index.vector_field,
+                 "vector_config": {"dimension": f"${{var.{index.dimension_variable}}}", "flat": {}}}],
+        }
     exemptions = {
         f"{collection}_{field}": {"project": "${var.project_id}", "database": database,
                                   "collection": collection, "field": field, "index_config": {}}
