@@ -487,8 +487,8 @@ DEMO_FRESH_PLACES = ("colosseum", "eiffel-tower", "petra", "taj-mahal", "machu-p
 
 
 def vet_fresh_uploads(settings: Settings, held_back: list[Path], accepted_photo: Path) -> None:
-    """Upload what the demo held back to raw/inbox/ (the last one under a wrong place), a mirrored copy of an
-    accepted photo and two photos of no landmark filed under a place; print what ingest made of each."""
+    """Upload what the demo held back to raw/inbox/ (the last one under a wrong place), a mirrored and a cropped copy
+    of an accepted photo and two photos of no landmark filed under a place; print what ingest made of each."""
     import io
 
     from PIL import Image, ImageOps
@@ -499,15 +499,20 @@ def vet_fresh_uploads(settings: Settings, held_back: list[Path], accepted_photo:
     from placeid.store import storage_client
 
     wrong_place = held_back[0].parent.name
-    mirrored = io.BytesIO()
-    ImageOps.mirror(Image.open(accepted_photo).convert("RGB")).save(mirrored, "JPEG", quality=90)
+    photo = Image.open(accepted_photo).convert("RGB")
+    mirrored, cropped = io.BytesIO(), io.BytesIO()
+    ImageOps.mirror(photo).save(mirrored, "JPEG", quality=90)
+    width, height = photo.size
+    photo.crop((width // 20, height // 20, width - width // 20, height - height // 20)).save(cropped, "JPEG", quality=90)
     negatives = sorted((settings.data_dir / "negatives" / "images").rglob("*.jpg"))[:2]
     uploads = ([(f"inbox/{path.name}", path.read_bytes(), f"unlabelled ({path.parent.name})")
                 for path in held_back[:-1]]
                + [(f"{wrong_place}/{held_back[-1].name}", held_back[-1].read_bytes(),
                    f"labelled {wrong_place}, shows {held_back[-1].parent.name}"),
                   (f"{accepted_photo.parent.name}/mirrored-{accepted_photo.name}", mirrored.getvalue(),
-                   f"mirrored copy of an accepted {accepted_photo.parent.name} photo")]
+                   f"mirrored copy of an accepted {accepted_photo.parent.name} photo"),
+                  (f"{accepted_photo.parent.name}/cropped-{accepted_photo.name}", cropped.getvalue(),
+                   "the same photo, 10 % cropped")]
                + [(f"{wrong_place}/{path.name}", path.read_bytes(), f"labelled {wrong_place}, no landmark")
                   for path in negatives])
     bucket = storage_client(settings.project).bucket(settings.bucket)
