@@ -47,7 +47,7 @@ from training.dataset import Example, group_near_duplicates  # noqa: E402
 console = Console()
 DISTANCE = Settings.near_dup_distance
 COSINES = (0.80, 0.85, 0.90, 0.95)
-COMBINED = ((0.80, 20), (0.80, 24), (0.85, 16), (0.85, 20), (0.85, 22), (0.85, 24), (0.90, 20), (0.90, 24), (0.95, 28))
+COMBINED = ((0.80, 20), (0.85, 20), (0.85, 22), (0.85, 24), (0.90, 24))
 
 
 def _jpeg(image: Image.Image, quality: int = 90) -> Image.Image:

@@ -104,7 +104,7 @@ class Settings:
     # The second vote (a crop or a tilt of an accepted photo): the served model's features at cosine >= this and a
     # pHash within the looser distance (bench/neardup_bench.py measured the pair; README, Ingestion).
     near_dup_cosine: float = 0.85
-    near_dup_loose_distance: int = 20
+    near_dup_loose_distance: int = 22
     firestore_timeout_s: float = 30.0
     state_dir: Path = REPO_ROOT / ".placeid"  # local stack pids and logs
     host: str = "127.0.0.1"
