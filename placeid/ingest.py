@@ -535,15 +535,14 @@ class Ingestor:
         (a mirrored copy of an accepted photo), or else by the pHash of the photo without its uniform border (an
         accepted photo re-posted with a frame), or else by two votes together: the served model's features and a
         looser pHash distance (a crop, a tilt: neardup.FeatureIndex)."""
-        lookups = (("phash", "pHash"), ("phash_mirror", "the mirror image's pHash"),
-                   ("phash_trimmed", "the pHash without its border"))
-        for key, how in lookups:
-            near = self.index.find(hashes[key]["hex"]) if key in hashes else []
+        lookups = [(key, how) for key, how in (("phash", "pHash"), ("phash_mirror", "the mirror image's pHash"),
+                                               ("phash_trimmed", "the pHash without its border")) if key in hashes]
+        for (_, how), near in zip(lookups, self.index.find_each([hashes[key]["hex"] for key, _ in lookups])):
             if near:
                 return near, how
         if opinion is None or opinion.features is None:
             return [], ""
-        mine = [hashes[key]["hex"] for key, _ in lookups if key in hashes]
+        mine = [hashes[key]["hex"] for key, _ in lookups]
         try:
             near = self.features_index.find(opinion.features, opinion.record["model_version"], mine)
         except (gexc.FailedPrecondition, gexc.InvalidArgument) as exc:  # no vector index of this model's size

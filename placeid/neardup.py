@@ -108,17 +108,26 @@ class NearDuplicateIndex:
 
     def find(self, phash_hex: str) -> list[NearMatch]:
         """Indexed images within the distance of ``phash_hex``, closest (then earliest) first."""
-        matches: dict[str, NearMatch] = {}
-        for snap in self.db.get_all(self.probe_refs(phash_hex), **self.call_options):
-            if not snap.exists:
-                continue
-            for image_id, member in (snap.get("members") or {}).items():
-                if image_id in matches:
-                    continue
-                distance = hamming_distance(phash_hex, member["phash"])
-                if distance <= self.distance:
-                    matches[image_id] = NearMatch(image_id, distance, member.get("indexed_at"))
-        return sorted(matches.values(), key=lambda m: (m.distance, m.order))
+        return self.find_each([phash_hex])[0]
+
+    def find_each(self, hashes: list[str]) -> list[list[NearMatch]]:
+        """:meth:`find` for each of ``hashes`` (a photo's pHash, mirrored pHash, ...), in one ``get_all``."""
+        probes = {hash_hex: self.probe_refs(hash_hex) for hash_hex in hashes}
+        wanted = {ref.path: ref for refs in probes.values() for ref in refs}
+        members = {snap.reference.path: snap.get("members") or {}
+                   for snap in self.db.get_all(list(wanted.values()), **self.call_options) if snap.exists}
+        found = []
+        for hash_hex, refs in probes.items():
+            matches: dict[str, NearMatch] = {}
+            for ref in refs:
+                for image_id, member in members.get(ref.path, {}).items():
+                    if image_id in matches:
+                        continue
+                    distance = hamming_distance(hash_hex, member["phash"])
+                    if distance <= self.distance:
+                        matches[image_id] = NearMatch(image_id, distance, member.get("indexed_at"))
+            found.append(sorted(matches.values(), key=lambda m: (m.distance, m.order)))
+        return found
 
     def add(self, writer, image_id: str, phash_hex: str) -> None:
         """Add an image through ``writer`` (a transaction or batch); its commit time orders arrivals."""
