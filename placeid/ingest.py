@@ -177,8 +177,7 @@ def ingest_estimate(data: bytes, limits: ValidationLimits, keep_side: int) -> in
     decode (imaging.decode_estimate), or, if more, the working RGB image with the curated copy's intermediate (at
     most a quarter of it) and the greyscale image the perceptual hashes are computed from beside it, or the
     curated image, that greyscale image (with a mask and a crop of it, looking for a border), whash's float arrays
-    and a strip's allowance for the allocator. Raises
-    what the header checks raise."""
+    and a strip's allowance for the allocator. Raises what the header checks raise."""
     if not data:
         return 0  # decode_image says why
     img = open_image(data)
