@@ -224,6 +224,7 @@ def cmd_train(args) -> int:
         config = TrainConfig.for_model(args.model, backbone=args.backbone, backbone_weights=args.backbone_weights,
                                        seed=args.seed, fold=args.fold, near_dup_distance=settings.near_dup_distance,
                                        min_int8_agreement=args.min_int8_agreement,
+                                       auto_label_precision=args.auto_label_precision,
                                        mirror_below_margin=args.mirror_below_margin,
                                        fine_tune_epochs=args.fine_tune_epochs,
                                        no_flip_places=args.no_flip.split(",") if args.no_flip else None)
@@ -236,6 +237,9 @@ def cmd_train(args) -> int:
     if config.min_int8_agreement < TrainConfig.min_int8_agreement:
         console.print(f"[yellow]parity gate lowered to {config.min_int8_agreement:.0%} int8/Keras agreement "
                       f"(the product requires {TrainConfig.min_int8_agreement:.0%}, 95 % lower bound)[/yellow]")
+    if config.auto_label_precision < TrainConfig.auto_label_precision:
+        console.print(f"[yellow]the model labels photos when {config.auto_label_precision:.0%} of its answers that "
+                      f"sure are right (the product requires {TrainConfig.auto_label_precision:.0%})[/yellow]")
     places_filter = args.places.split(",") if args.places else None
     out_dir = Path(args.out) / time.strftime("%Y%m%dT%H%M%S")
     try:  # fail in seconds, not after the photos are loaded: missing weights, an unwritable output folder
@@ -459,10 +463,11 @@ def cmd_demo(args) -> int:
     console.print(f"uploaded {report.uploaded} new, skipped {report.skipped}; "
                   f"{sum(counts.values())} records after {elapsed:.1f} s")
     console.rule("train (fast demo setting; full training: placeid train --promote)")
-    # The quick demo model does not reach the product's 99% int8/Keras parity (see the README's Training
-    # section); the demo says so and lowers the gate, full training keeps it.
+    # The quick demo model does not reach the product's 98 % int8/Keras parity (see the README's Training
+    # section), and is rarely 99 % right on the validation photos however sure it is (world30's label noise is at
+    # the top too): the demo says so and lowers both, full training keeps them.
     train_args = build_parser().parse_args(["--target", args.target, "train", "--fast", "--promote",
-                                            "--min-int8-agreement", "0.9",
+                                            "--min-int8-agreement", "0.9", "--auto-label-precision", "0.97",
                                             "--out", str(settings.state_dir / "runs")])
     status = cmd_train(train_args)
     if status:
@@ -471,9 +476,9 @@ def cmd_demo(args) -> int:
     run_dir = max(p.parent for p in (settings.state_dir / "runs").glob("*/manifest.json"))
     url = settings.url(settings.predict_port) + "/"
     status = predict_photos(settings, url, _held_out_photos(settings, run_dir, count=8))
-    console.rule("vet: the served model checks fresh uploads, then re-scores the collection")
-    vet_fresh_uploads(settings, held_back, files[0][1])
+    console.rule("vet: the served model re-scores the collection, then checks fresh uploads")
     rescan(settings, batch_size=64)
+    vet_fresh_uploads(settings, held_back, files[0][1])
     console.print("The suspects and their suggestions: `placeid review list --suspects`; act on one: "
                   "`placeid review apply IMAGE_ID` (or accept, relabel, reject).")
     console.print(f"Try it: open {url} in a browser, or `placeid predict PHOTO...`; offline: "
@@ -635,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--min-int8-agreement", type=float,
                        help="parity gate: least int8/Keras agreement of answers (95 %% lower bound) on the held-out photos' "
                             "views (default: TrainConfig's)")
+    train.add_argument("--auto-label-precision", type=float,
+                       help="how often the model's answers must be right on the validation photos for it to label "
+                            "uploads or contradict labels (default: TrainConfig's, 0.99)")
     train.add_argument("--out", default="runs", help="folder for run outputs")
     train.add_argument("--register", action="store_true", help="upload the bundle and record it")
     train.add_argument("--promote", action="store_true", help="register, then point serving at it")
