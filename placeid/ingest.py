@@ -387,7 +387,7 @@ class Ingestor:
             lap("model")
         record.update(place_id=place_id, label_source=label_source)
 
-        record = self._decide_and_commit(image_ref, record, problem, opinion)
+        record = self._decide_and_commit(image_ref, record, problem, opinion, lap)
         lap("decide_commit")
         if record["status"] == ACCEPTED:
             record = self._settle_concurrent_near_duplicates(image_ref, record)
@@ -486,12 +486,13 @@ class Ingestor:
         demote(self.db.transaction())
 
     def _decide_and_commit(self, image_ref, record: dict, label_problem: str | None,
-                           opinion: Verdict | None = None) -> dict:
+                           opinion: Verdict | None = None, lap=None) -> dict:
         """In one transaction: exact-duplicate and file-name claims, near-duplicate verdict, record. ``opinion``:
-        the served model's verdict, whose features are the second near-duplicate vote."""
+        the served model's verdict, whose features are the second near-duplicate vote; ``lap``: StepTimes.lap."""
+        lap = lap or (lambda step: None)
         file_sha = record["hashes"]["file_sha256"]["hex"]
         file_claim_ref, pixel_claim_ref, name_claim_ref = claim_refs(self.db, record)
-        near, how = ([], "") if label_problem else self._near_duplicates(record["hashes"], opinion)
+        near, how = ([], "") if label_problem else self._near_duplicates(record["hashes"], opinion, lap)
 
         @firestore.transactional
         def decide(txn: firestore.Transaction) -> dict:
@@ -529,14 +530,16 @@ class Ingestor:
         decide(self.db.transaction())
         return image_ref.get(**self.call_options).to_dict()
 
-    def _near_duplicates(self, hashes: dict, opinion: Verdict | None) -> tuple[list, str]:
+    def _near_duplicates(self, hashes: dict, opinion: Verdict | None, lap) -> tuple[list, str]:
         """Accepted images near this photo, and how they were found: by its pHash, or else by its mirror image's
         (a mirrored copy of an accepted photo), or else by the pHash of the photo without its uniform border (an
         accepted photo re-posted with a frame), or else by two votes together: the served model's features and a
         looser pHash distance (a crop, a tilt: neardup.FeatureIndex)."""
         lookups = [(key, how) for key, how in (("phash", "pHash"), ("phash_mirror", "the mirror image's pHash"),
                                                ("phash_trimmed", "the pHash without its border")) if key in hashes]
-        for (_, how), near in zip(lookups, self.index.find_each([hashes[key]["hex"] for key, _ in lookups])):
+        found = self.index.find_each([hashes[key]["hex"] for key, _ in lookups])
+        lap("near_hashes")
+        for (_, how), near in zip(lookups, found):
             if near:
                 return near, how
         if opinion is None or opinion.features is None:
@@ -547,6 +550,8 @@ class Ingestor:
         except (gexc.FailedPrecondition, gexc.InvalidArgument) as exc:  # no vector index of this model's size
             log(logger, logging.WARNING, "near-duplicate features lookup failed; pHash votes only", error=str(exc))
             return [], ""
+        finally:
+            lap("near_features")
         return near, f"the model's features (cosine {near[0].cosine:.2f}) and a pHash" if near else ""
 
     def claim_and_index(self, txn: firestore.Transaction, record: dict, claim_file_name: bool | None = None,
