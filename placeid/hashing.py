@@ -106,11 +106,13 @@ class PHash(PerceptualHasher):
 
     algorithm = "phash"
 
-    def _compute(self, image):
+    def _grid(self, image: Image.Image) -> Image.Image:
         # imagehash's own first step (greyscale, LANCZOS to its 4n x 4n grid) done here without copying a full-size
         # greyscale image; its resize of the grid to the same size is then a copy: the same value.
-        grid = _grey(image).resize((4 * self.hash_size, 4 * self.hash_size), Image.Resampling.LANCZOS)
-        return imagehash.phash(grid, hash_size=self.hash_size)
+        return _grey(image).resize((4 * self.hash_size, 4 * self.hash_size), Image.Resampling.LANCZOS)
+
+    def _compute(self, image):
+        return imagehash.phash(self._grid(image), hash_size=self.hash_size)
 
 
 class MirroredPHash(PHash):
@@ -120,8 +122,7 @@ class MirroredPHash(PHash):
     algorithm = "phash_mirror"
 
     def _compute(self, image):
-        grid = _grey(image).resize((4 * self.hash_size, 4 * self.hash_size), Image.Resampling.LANCZOS)
-        return imagehash.phash(grid.transpose(Image.Transpose.FLIP_LEFT_RIGHT), hash_size=self.hash_size)
+        return imagehash.phash(self._grid(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT), hash_size=self.hash_size)
 
 
 class DHash(PerceptualHasher):

@@ -30,6 +30,7 @@ from google.cloud.firestore_v1.vector import Vector
 from placeid.config import PHASH_BITS
 from placeid.hashing import hamming_distance
 from placeid.store import NEAR_BANDS, NEAR_FEATURES
+from placeid_edge.rejection import unit_rows
 
 HASH_BITS = PHASH_BITS
 _LATEST = datetime.max.replace(tzinfo=timezone.utc)
@@ -214,6 +215,4 @@ class FeatureIndex:
 
 def unit_vector(values: np.ndarray) -> list[float]:
     """``values`` scaled to unit length, as floats (a Firestore vector)."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    norm = float(np.linalg.norm(values))
-    return (values / norm if norm > 0 else values).tolist()
+    return unit_rows(np.atleast_2d(np.asarray(values).ravel()))[0].tolist()

@@ -193,17 +193,20 @@ class Reviewer:
                     found.append(record)
         return found
 
+    def image(self, record: dict) -> Image.Image:
+        """The RGB image of a record: its curated copy, else its source decoded within ingest's limits."""
+        curated = record.get("curated") or {}
+        if not curated.get("written"):
+            return self.ingestor.load_source(record).rgb
+        data = self.ingestor.gcs.bucket(curated_bucket(record)).blob(curated["path"]).download_as_bytes(
+            **self.ingestor.storage_options)
+        return Image.open(io.BytesIO(data)).convert("RGB")
+
     def _rescan_images(self, records: list[dict]) -> Iterator[tuple[dict, Image.Image | None]]:
-        """Each record with the image the model sees: the curated copy, else the source (None: unreadable)."""
+        """Each record with the image the model sees (:meth:`image`; None: unreadable)."""
         for record in records:
             try:
-                curated = record.get("curated") or {}
-                if curated.get("written"):
-                    data = self.ingestor.gcs.bucket(curated_bucket(record)).blob(curated["path"]).download_as_bytes(
-                        **self.ingestor.storage_options)
-                    yield record, Image.open(io.BytesIO(data)).convert("RGB")
-                else:
-                    yield record, self.ingestor.load_source(record).rgb
+                yield record, self.image(record)
             except (gexc.NotFound, PlaceidError):
                 yield record, None
 

@@ -16,10 +16,8 @@ import re
 from importlib import resources
 
 import flask
-from PIL import Image
 
 from placeid.catalog import list_places
-from placeid.images import curated_bucket
 from placeid.logs import get_logger
 from placeid.predict_http import SECURITY_HEADERS, page_csp
 from placeid.review import REVIEWABLE, Reviewer
@@ -84,15 +82,7 @@ def create_review_app(reviewer: Reviewer, allowed_hosts: set[str]) -> flask.Flas
 
     @app.get("/api/records/<image_id>/thumbnail")
     def thumbnail(image_id: str):
-        record = reviewer.get(image_id_of(image_id))
-        curated = record.get("curated") or {}
-        ingestor = reviewer.ingestor
-        if curated.get("written"):
-            data = ingestor.gcs.bucket(curated_bucket(record)).blob(curated["path"]).download_as_bytes(
-                **ingestor.storage_options)
-            image = Image.open(io.BytesIO(data)).convert("RGB")
-        else:
-            image = ingestor.load_source(record).rgb  # validated and decoded within ingest's limits
+        image = reviewer.image(reviewer.get(image_id_of(image_id)))
         image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         out = io.BytesIO()
         image.save(out, "JPEG", quality=85)

@@ -452,8 +452,7 @@ def cmd_demo(args) -> int:
     console.print(f"collect: uploading {folder} to gs://{settings.bucket}/{settings.raw_prefix}")
     started = time.monotonic()
     files = labelled_files(folder)
-    held_back = [path for _, path in files if path.parent.name in DEMO_FRESH_PLACES
-                 and path == max(p for _, p in files if p.parent == path.parent)]
+    held_back = [max(path for place, path in files if place == held) for held in sorted(DEMO_FRESH_PLACES)]
     report = upload_folder(settings, folder, leave_out=frozenset(held_back))
     from placeid.images import wait_for_records
 
