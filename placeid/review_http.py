@@ -26,6 +26,8 @@ from placeid_edge.errors import BadRequest, NotFound, PlaceidError, UnsupportedM
 logger = get_logger("placeid.review_http")
 IMAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 THUMBNAIL_SIDE = 256
+#: The largest request body the page accepts (413 above it).
+MAX_BODY_BYTES = 16 * 1024
 #: What the page shows of a record.
 FIELDS = ("image_id", "status", "place_id", "label_source", "reason", "duplicate_of", "file_name")
 
@@ -37,6 +39,7 @@ def _page() -> str:
 def create_review_app(reviewer: Reviewer, allowed_hosts: set[str]) -> flask.Flask:
     """The review page's Flask app; ``allowed_hosts``: the ``host:port`` names it answers to."""
     app = flask.Flask("placeid.review")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # a change is a small JSON object: anything larger is refused
     page = _page()
     csp = page_csp(page)
 
@@ -108,9 +111,11 @@ def create_review_app(reviewer: Reviewer, allowed_hosts: set[str]) -> flask.Flas
 
     @app.errorhandler(404)
     @app.errorhandler(405)
+    @app.errorhandler(413)
     def http_error(exc):
         error = PlaceidError(exc.description or exc.name)
-        error.http_status, error.code = exc.code, "not_found" if exc.code == 404 else "method_not_allowed"
+        error.http_status = exc.code
+        error.code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}[exc.code]
         return placeid_error(error)
 
     @app.errorhandler(Exception)

@@ -273,6 +273,8 @@ def test_review_page_in_headless_chromium(served, client, db, bucket, answers, r
     assert requests.get(f"{review_page}/api/records/..%2Fsecrets/thumbnail", timeout=10).status_code == 404
     assert requests.post(f"{record_url}/explode", json={}, timeout=10).json()["error"]["status"] == 404
     assert requests.get(f"{review_page}/api/records?limit=many", timeout=10).status_code == 400
+    huge = requests.post(f"{record_url}/reject", json={"reason": "x" * 1_000_000}, timeout=10)
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
 
 
 def test_a_cropped_copy_is_caught_by_the_models_features_and_a_looser_phash(served, client, db, bucket, answers,
