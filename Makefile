@@ -11,7 +11,10 @@ TOOLS_VENV  ?= .venv-tools
 TOOLS_STAMP = $(TOOLS_VENV)/.checkov-$(CHECKOV_VERSION)
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup browser demo test test-fast package stack-up stack-down stack-status bench clean
+# The page's offline runtime (LiteRT.js) from npm, pinned by web/package-lock.json (placeid/web_assets.py).
+WEB_STAMP := placeid/data/web/vendor/versions.json
+
+.PHONY: setup browser web demo test test-fast package stack-up stack-down stack-status bench clean
 
 # The training image's pins (training/requirements.txt) constrain the venv too: the suite runs what the image runs,
 # and a new upstream release cannot change it between runs.
@@ -40,18 +43,23 @@ browser:
 	    || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; }; \
 	  else echo "make: the page test needs chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; }
 
-setup: $(STAMP) $(TFLITE_STAMP) $(TOOLS_STAMP) browser
+$(WEB_STAMP): web/package.json web/package-lock.json placeid/web_assets.py | $(STAMP)
+	$(PY) -m placeid.web_assets
 
-demo: $(STAMP)  ## local stack up, catalog, ingest world30 with progress, summary
+web: $(WEB_STAMP)
+
+setup: $(STAMP) $(TFLITE_STAMP) $(TOOLS_STAMP) $(WEB_STAMP) browser
+
+demo: $(STAMP) $(WEB_STAMP)  ## local stack up, catalog, ingest world30 with progress, summary
 	$(VENV)/bin/placeid demo
 
-test: $(STAMP) $(TFLITE_STAMP) $(TOOLS_STAMP) browser  ## the whole suite against the real emulators (and the edge package under both runtimes)
+test: $(STAMP) $(TFLITE_STAMP) $(TOOLS_STAMP) $(WEB_STAMP) browser  ## the whole suite against the real emulators (and the edge package under both runtimes)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)  ## seconds, while editing: the tests that need no emulator, Java, gcloud, trained model or slow subprocess
 	$(PY) -m pytest -q -m "not slow"
 
-package: $(STAMP)  ## each function's deployable folder and .zip in dist/ (what Terraform and Cloud Build deploy)
+package: $(STAMP) $(WEB_STAMP)  ## each function's deployable folder and .zip in dist/ (what Terraform and Cloud Build deploy)
 	$(VENV)/bin/placeid package --out dist
 
 stack-up: $(STAMP)
@@ -71,4 +79,4 @@ bench: $(STAMP)  ## benchmarks (slow; prints tables, saves bench/results/*.json)
 
 clean:
 	-$(VENV)/bin/placeid stack down
-	rm -rf $(VENV) $(TFLITE_VENV) $(TOOLS_VENV) dist .placeid .pytest_cache
+	rm -rf $(VENV) $(TFLITE_VENV) $(TOOLS_VENV) dist .placeid .pytest_cache web/node_modules placeid/data/web/vendor

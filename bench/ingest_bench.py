@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import free_port, peak_rss_mib, percentile, save  # noqa: E402
+from bench.machine import cpu_seconds, free_port, peak_rss_mib, percentile, save  # noqa: E402
 from placeid.catalog import bundled_catalog_path, load_catalog, read_catalog  # noqa: E402
 from placeid.images import status_counts, wait_for_records  # noqa: E402
 from placeid.collect import upload_folder  # noqa: E402
@@ -56,11 +56,15 @@ def bench_full_path(settings: Settings, stack: LocalStack, bundle: Path | None) 
         registry.promote(model, force=True)
     folder = settings.world30_dir / "images"
     expected = sum(1 for _ in folder.glob("*/*.jpg"))
+    services = [name for name in stack.SERVICES if stack.pid(name)]
+    cpu_before = {name: cpu_seconds(stack.pid(name)) for name in services}
     started = time.monotonic()
     upload_folder(settings, folder, workers=8)
     uploaded_s = time.monotonic() - started
     wait_for_records(settings, expected)
     elapsed = time.monotonic() - started
+    # Where the machine's CPU goes, per photo: on 2 cores, 2,000 ms of CPU a second is all there is.
+    cpu_ms = {name: round((cpu_seconds(stack.pid(name)) - cpu_before[name]) * 1000 / expected, 1) for name in services}
     logged = [json.loads(line) for line in stack.log_file("ingest").read_text().splitlines()
               if line.startswith("{") and '"message": "ingested"' in line]
     durations = [entry["duration_ms"] for entry in logged]
@@ -78,6 +82,9 @@ def bench_full_path(settings: Settings, stack: LocalStack, bundle: Path | None) 
                                   for step in steps},
         "function_steps_share": {step: round(sum(e["steps_ms"].get(step, 0.0) for e in logged) / sum(durations), 3)
                                  for step in steps},
+        "cpu_ms_per_photo": cpu_ms,
+        "cpu_ms_per_photo_all": round(sum(cpu_ms.values()), 1),
+        "cpu_cores": os.cpu_count(),
         "function_peak_rss_mib": peak_rss_mib(stack.pid("ingest")),
         "bridge_concurrency": settings.bridge_concurrency,
         "outcomes": dict(status_counts(settings)),

@@ -60,6 +60,20 @@ def peak_rss_mib(pid: int) -> float:
     return round(peak / 1024, 1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its children that are still running."""
+    import psutil
+
+    total = 0.0
+    for proc in [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True):
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))], 1)

@@ -3,6 +3,11 @@
 Routes: ``POST /`` (multipart ``image`` or a raw ``image/*`` body), ``POST /v1/models/placeid:predict``
 (``{"instances": [{"b64": ...}, ...]}``), ``GET /v1/models/placeid`` (status + metadata),
 ``GET /v1/models/placeid/metadata``, ``GET /`` (HTML). Every error is JSON with the status its type carries.
+Place names follow ``?lang=`` or ``Accept-Language`` where the catalog has them, else English.
+
+The page's offline mode: ``GET /v1/models/placeid/bundle`` (what the browser needs to answer as the served bundle
+does), ``GET /v1/models/placeid/bundle/<file>?v=<version>`` (the bundle's files, checked by the browser against the
+manifest's sha256), ``/sw.js`` and ``/assets/...`` (the page's scripts and LiteRT.js, placeid.web_assets).
 """
 
 from __future__ import annotations
@@ -25,13 +30,16 @@ from placeid.config import Settings
 from placeid.logs import get_logger, log
 from placeid.serving import ModelCache, PlaceDirectory
 from placeid.registry import Registry
+from placeid.web_assets import static_files
 from placeid_edge.errors import BadRequest, NotFound, PlaceidError, TooLarge, UnsupportedMediaType
+from placeid_edge.names import LANGUAGE_TAG, local_name, localized
 from placeid_edge.imaging import body_budget, configure_decode_budget
 from placeid_edge.preprocess import budget_bytes
 
 logger = get_logger("placeid.predict")
 MODEL_NAME = "placeid"
 MODEL_PATH = f"/v1/models/{MODEL_NAME}"
+BUNDLE_PATH = f"{MODEL_PATH}/bundle"
 RAW_TYPES = ("image/", "application/octet-stream")
 #: A photo upload has one file field; a multipart body with more parts than this is refused.
 MAX_FORM_PARTS = 8
@@ -50,20 +58,30 @@ class MethodNotAllowed(PlaceidError):
     code = "method_not_allowed"
 
 
+class VersionChanged(PlaceidError):
+    """A bundle file asked for a version that is no longer served (a promote happened): fetch the description
+    again."""
+
+    http_status = 409
+    code = "version_changed"
+
+
 def _page() -> str:
     return (resources.files("placeid") / "data" / "predict.html").read_text(encoding="utf-8")
 
 
 def page_csp(page: str) -> str:
-    """The page's Content-Security-Policy: its own inline script and style by hash, requests to itself,
-    images from itself or the chosen photo (blob:), nothing else, and no framing."""
-    def hashes(tag: str) -> str:
-        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+    """The page's Content-Security-Policy: scripts from itself (LiteRT.js compiles WebAssembly) and its inline
+    import map and style by hash, requests to itself, images from itself or the chosen photo (blob:), the
+    OpenStreetMap embed as the only frame, nothing else, and no framing of the page."""
+    def hashes(tag: str, attributes: str = "") -> str:
+        blocks = re.findall(rf"<{tag}{attributes}>(.*?)</{tag}>", page, re.S)
         return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
 
-    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
-            "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
-            "frame-ancestors 'none'")
+    import_map = hashes("script", ' type="importmap"')
+    return (f"default-src 'none'; script-src 'self' 'wasm-unsafe-eval' {import_map}; "
+            f"style-src {hashes('style')}; img-src 'self' blob: data:; connect-src 'self'; worker-src 'self'; "
+            "frame-src https://www.openstreetmap.org; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 class PredictService:
@@ -78,6 +96,7 @@ class PredictService:
         self.places = places
         self._page = _page()
         self._page_csp = page_csp(self._page)
+        self._static = static_files()
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> "PredictService":
@@ -132,7 +151,13 @@ class PredictService:
             MODEL_PATH: {"GET": lambda: self._json(self._status())},
             f"{MODEL_PATH}/metadata": {"GET": lambda: self._json(self._metadata())},
             f"{MODEL_PATH}:predict": {"POST": lambda: self._predict_instances(request, fields)},
+            BUNDLE_PATH: {"GET": lambda: self._json(self.models.bundle().offline_description(),
+                                                    headers={"Cache-Control": "no-cache"})},
         }
+        if path in self._static:
+            routes[path] = {"GET": lambda: self._static_file(path)}
+        elif path.startswith(f"{BUNDLE_PATH}/"):
+            routes[path] = {"GET": lambda: self._bundle_file(request, path.removeprefix(f"{BUNDLE_PATH}/"))}
         methods = routes.get(path)
         if methods is None:
             raise NotFound(f"no route {request.path}; see GET / and {MODEL_PATH}")
@@ -143,12 +168,40 @@ class PredictService:
     # -- endpoints -------------------------------------------------------------------------------------------
     def _predict_one(self, request: flask.Request, fields: dict) -> flask.Response:
         image = self._image_from(request)
+        languages = self._languages(request)
         bundle = self.models.bundle()
         prediction = bundle.predict(image, top_k=self._top_k(request), lookup=self.places.lookup)
         fields.update(model_version=bundle.version, images=1, unknown=prediction.unknown,
                       place_id=prediction.place["place_id"] if prediction.place else None,
                       inference_ms=prediction.timing_ms["total"])
-        return self._json(prediction.to_json())
+        return self._json(_localized_answer(prediction.to_json(), bundle, languages))
+
+    def _static_file(self, path: str) -> flask.Response:
+        """One of the page's fixed files (placeid.web_assets): revalidated by ETag on every use."""
+        file, mimetype = self._static[path]
+        if not file.is_file():
+            raise NotFound(f"{path} is not installed here: the page's offline mode needs `python -m "
+                           "placeid.web_assets` (make web) at build time")
+        response = flask.send_file(file, mimetype=mimetype, conditional=True, etag=True, max_age=0)
+        response.headers["Cache-Control"] = "no-cache"
+        if path == "/sw.js":
+            response.headers["Service-Worker-Allowed"] = "/"
+        return response
+
+    def _bundle_file(self, request: flask.Request, name: str) -> flask.Response:
+        """A file of the served bundle for the page to keep: only the bundle's fixed part names, only for the
+        version served now (``?v=``), immutable under that URL."""
+        bundle = self.models.bundle()
+        data = bundle.part_files.get(name)
+        if data is None:
+            raise NotFound(f"the served bundle has no file {name!r}; see GET {BUNDLE_PATH}")
+        if request.args.get("v") != bundle.version:
+            raise VersionChanged(f"model {request.args.get('v')!r} is no longer served (now {bundle.version}); "
+                                 f"read GET {BUNDLE_PATH} again")
+        mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
+        return flask.Response(data, mimetype=mimetype, headers={
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "ETag": f'"{(bundle.manifest.get("files") or {}).get(name, "")}"'})
 
     def _predict_instances(self, request: flask.Request, fields: dict) -> flask.Response:
         self._check_length(request)
@@ -166,7 +219,7 @@ class PredictService:
         if len(instances) > self.settings.max_batch:
             raise BadRequest(f"{len(instances)} instances in one request; at most {self.settings.max_batch}")
         images = [_decode_instance(instance, index) for index, instance in enumerate(instances)]
-        bundle, top_k = self.models.bundle(), self._top_k(request)
+        bundle, top_k, languages = self.models.bundle(), self._top_k(request), self._languages(request)
         predictions = []
         for index, image in enumerate(images):
             try:
@@ -174,7 +227,7 @@ class PredictService:
             except PlaceidError as exc:
                 exc.message = f"instances[{index}]: {exc.message}"
                 raise
-            body = prediction.to_json()
+            body = _localized_answer(prediction.to_json(), bundle, languages)
             body["scores"] = body.pop("probabilities")
             body["classes"] = bundle.labels
             predictions.append(body)
@@ -268,10 +321,22 @@ class PredictService:
             raise BadRequest("top_k must be within 1..100")
         return value
 
+    @staticmethod
+    def _languages(request: flask.Request) -> list[str]:
+        """The reader's languages, best first: ``?lang=`` (a language tag, else 400), then ``Accept-Language``."""
+        preferred = []
+        raw = request.args.get("lang")
+        if raw is not None:
+            if not LANGUAGE_TAG.match(raw):
+                raise BadRequest(f"lang must be a language tag such as 'ko' or 'en-GB', got {raw[:40]!r}")
+            preferred.append(raw)
+        preferred += [tag for tag, _ in request.accept_languages if LANGUAGE_TAG.match(tag)]
+        return preferred
+
     # -- responses -------------------------------------------------------------------------------------------
     @staticmethod
-    def _json(body: dict, status: int = 200) -> flask.Response:
-        return flask.Response(flask.json.dumps(body), status=status, mimetype="application/json")
+    def _json(body: dict, status: int = 200, headers: dict | None = None) -> flask.Response:
+        return flask.Response(flask.json.dumps(body), status=status, mimetype="application/json", headers=headers)
 
     def _cors(self, request: flask.Request, response: flask.Response) -> None:
         origin = request.headers.get("Origin")
@@ -284,6 +349,17 @@ class PredictService:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"
             response.headers["Access-Control-Max-Age"] = "3600"
+
+
+def _localized_answer(body: dict, bundle, languages: list[str]) -> dict:
+    """An answer's place, nearby sites and candidates named in the reader's language (placeid_edge.names)."""
+    if body.get("place"):
+        body["place"] = localized(body["place"], languages)
+    for candidate in body.get("top_k", []):
+        entry = bundle.places.get(candidate["place_id"])
+        if entry:
+            candidate["name"] = local_name(entry, languages)
+    return body
 
 
 def _decode_instance(instance, index: int) -> bytes:

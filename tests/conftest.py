@@ -118,23 +118,48 @@ def scratch_dir():
         yield Path(path)
 
 
-@pytest.fixture
-def browser():
-    """Headless Chromium (Debian's chromium + chromium-driver) driven by Selenium (the page tests)."""
+def chromium(languages: str | None = None):
+    """Headless Chromium (Debian's chromium + chromium-driver) driven by Selenium; ``languages`` (``"ko,en"``) are
+    the browser's preferred languages."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_path:
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not binary or not driver_path:
         pytest.fail("chromium and chromedriver are needed for the page test: apt-get install chromium chromium-driver")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    if languages:
+        options.add_argument(f"--lang={languages.split(',')[0]}")
+        options.add_experimental_option("prefs", {"intl.accept_languages": languages})
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium driven by Selenium (the page tests)."""
+    driver = chromium()
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def predict_server(settings, catalog, scratch_dir):
+    """The predict function under functions-framework on a free port, re-reading the pointer every 0.5 s."""
+    import dataclasses
+
+    from placeid.local.stack import LocalStack
+    from tests.serving import REFRESH_S
+
+    server_settings = dataclasses.replace(settings, state_dir=scratch_dir / "state", model_refresh_s=REFRESH_S,
+                                          model_cache_dir=scratch_dir / "model-cache")
+    stack = LocalStack(server_settings)
+    stack.start("predict")
+    yield server_settings.url(server_settings.predict_port), server_settings
+    stack.stop("predict")
 
 
 SERVING_PLACES = ["petra", "louvre", "colosseum", "taj-mahal"]

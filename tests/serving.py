@@ -5,12 +5,17 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from pathlib import Path
 
+import requests
 from PIL import Image
 
 from placeid.registry import Registry
 from placeid_edge.bundle import bundle_files
+
+#: How often the test predict servers re-read the serving pointer (seconds).
+REFRESH_S = 0.5
 
 
 def publish(db, bucket, run_dir: Path, scratch: Path, version: str | None = None, force: bool = False,
@@ -41,3 +46,14 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt)
     return out.getvalue()
+
+
+def wait_for_version(url: str, version: str, timeout_s: float = 15.0) -> dict:
+    """Wait until the predict function at ``url`` serves ``version``; its status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = requests.get(f"{url}/v1/models/placeid", timeout=10)
+        if response.status_code == 200 and response.json()["model_version_status"][0]["version"] == version:
+            return response.json()
+        time.sleep(0.1)
+    raise AssertionError(f"the function did not switch to {version} within {timeout_s}s")

@@ -15,9 +15,8 @@ import requests
 
 from placeid.local.stack import LocalStack
 from tests.corpus import Case, build_cases
-from tests.serving import publish
+from tests.serving import publish, wait_for_version
 from tests.test_full_path import function_stack, records, wait_for  # noqa: F401 - fixture
-from tests.test_predict_http import predict_server, wait_for_version  # noqa: F401 - fixture
 
 #: Generous: the strict memory budgets are benchmarked elsewhere. These only catch a bomb that got decoded
 #: (12000 x 12000 greyscale alone is 137 MiB of pixels, four times that once converted to RGB).
@@ -92,7 +91,7 @@ def _recognised(url: str, held_out_photos) -> tuple[Path, dict]:
     pytest.fail("the small model names none of its held-out photos correctly")
 
 
-def test_predict_server_answers_the_corpus(predict_server, corpus, db, bucket, small_bundle, scratch_dir,  # noqa: F811
+def test_predict_server_answers_the_corpus(predict_server, corpus, db, bucket, small_bundle, scratch_dir,
                                           held_out_photos):
     url, server_settings = predict_server
     version = publish(db, bucket, small_bundle, scratch_dir)

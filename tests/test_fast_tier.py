@@ -103,7 +103,7 @@ def test_no_slow_subprocess_is_in_the_fast_tier(collected):
     slow = [item for item in collected if runs_one(item)]
     assert {item["nodeid"].split("::")[0] for item in slow} == {
         "tests/test_gcloud_commands.py", "tests/test_trainer_image.py", "tests/test_cloudbuild_steps.py",
-        "tests/test_predict_http.py", "tests/test_vetting.py", "tests/test_infra.py"}
+        "tests/test_predict_http.py", "tests/test_vetting.py", "tests/test_infra.py", "tests/test_offline_page.py"}
     assert not [item["nodeid"] for item in slow if item["selected"] or "slow" not in item["markers"]]
 
 

@@ -4,7 +4,6 @@ HTTP, swapping models after promote and rollback, and its page driven in headles
 from __future__ import annotations
 
 import base64
-import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,31 +12,7 @@ import requests
 
 from placeid_cli.main import main
 from placeid.registry import Registry
-from placeid.local.stack import LocalStack
-from tests.serving import publish
-
-REFRESH_S = 0.5
-
-
-@pytest.fixture
-def predict_server(settings, catalog, scratch_dir):
-    """The predict function under functions-framework on a free port, re-reading the pointer every 0.5 s."""
-    server_settings = dataclasses.replace(settings, state_dir=scratch_dir / "state", model_refresh_s=REFRESH_S,
-                                          model_cache_dir=scratch_dir / "model-cache")
-    stack = LocalStack(server_settings)
-    stack.start("predict")
-    yield server_settings.url(server_settings.predict_port), server_settings
-    stack.stop("predict")
-
-
-def wait_for_version(url: str, version: str, timeout_s: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        response = requests.get(f"{url}/v1/models/placeid", timeout=10)
-        if response.status_code == 200 and response.json()["model_version_status"][0]["version"] == version:
-            return response.json()
-        time.sleep(0.1)
-    raise AssertionError(f"the function did not switch to {version} within {timeout_s}s")
+from tests.serving import REFRESH_S, publish, wait_for_version
 
 
 def test_real_http_answers_and_hot_swaps_models(predict_server, db, bucket, small_bundle, scratch_dir,

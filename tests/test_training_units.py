@@ -224,6 +224,8 @@ def test_snapped_kernels_are_exactly_what_the_int8_model_stores():
         assert 0 < np.abs(kernel - before[name]).max() <= np.abs(before[name]).max() / 127 / 2 + 1e-7
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype(np.uint8)
     interpreter = Interpreter(model_content=to_tflite(model, "int8", images))
+    # One photo per invocation, a fixed batch (LiteRT.js refuses a dynamic one)
+    assert interpreter.get_input_details()[0]["shape_signature"].tolist() == [1, 16, 16, 3]
     stored = []
     for detail in interpreter.get_tensor_details():
         scales = detail["quantization_parameters"]["scales"]

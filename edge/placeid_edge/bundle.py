@@ -16,7 +16,7 @@ import numpy as np
 from placeid_edge.errors import InvalidBundle
 from placeid_edge.geo import exif_gps, haversine_km
 from placeid_edge.imaging import ValidationLimits, open_image
-from placeid_edge.preprocess import PREPROCESSING, ImageSource, prepare_image
+from placeid_edge.preprocess import COMPATIBLE_PREPROCESSING, PREPROCESSING, ImageSource, prepare_image
 from placeid_edge.rejection import FEATURE_RULES, rejection_score
 from placeid_edge.runtime import TFLiteModel, run_with_mirror
 
@@ -103,8 +103,12 @@ class Bundle:
 
     def __init__(self, manifest: dict, model: bytes, labels: list[str], places: list[dict], source: str = "",
                  num_threads: int | None = None, pool_size: int = 1,
-                 limits: ValidationLimits = ValidationLimits(), prototypes: np.ndarray | None = None):
+                 limits: ValidationLimits = ValidationLimits(), prototypes: np.ndarray | None = None,
+                 part_files: dict[str, bytes] | None = None):
         self.manifest = manifest
+        #: The bundle's files as read and checked against the manifest (file name -> bytes; fixed names only):
+        #: what a browser keeps to answer offline.
+        self.part_files = part_files or {}
         self.source = source
         self.version: str = manifest["version"]
         self.labels = labels
@@ -113,7 +117,7 @@ class Bundle:
         self.mirror_below_margin = float(manifest.get("mirror_below_margin") or 0.0)
         self.limits = limits
         preprocessing = manifest.get("preprocessing", {}).get("name")
-        if preprocessing != PREPROCESSING["name"]:
+        if preprocessing not in COMPATIBLE_PREPROCESSING:
             raise InvalidBundle(f"{source}: built for preprocessing {preprocessing!r}, this package does "
                                 f"{PREPROCESSING['name']!r}")
         self.prototypes = prototypes
@@ -151,8 +155,9 @@ class Bundle:
                 raise InvalidBundle(f"{path}: labels.json is not a list of place ids")
             if not (isinstance(places, list) and all(isinstance(p, dict) and "place_id" in p for p in places)):
                 raise InvalidBundle(f"{path}: places.json is not a list of places")
+            parts = _part_names(manifest)
             return cls(manifest, contents["model"], labels, places, source=str(path), prototypes=prototypes,
-                       **options)
+                       part_files={parts[key]: data for key, data in contents.items()}, **options)
         except InvalidBundle:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, OSError, zipfile.BadZipFile) as exc:
@@ -171,6 +176,25 @@ class Bundle:
         keys = ("version", "created", "model", "input_size", "preprocessing", "rejection", "mirror_below_margin",
                 "metrics", "data_fingerprint")
         return {**{key: self.manifest.get(key) for key in keys}, "labels": self.labels, "runtime": self.model.runtime}
+
+    def offline_description(self) -> dict:
+        """What a browser needs to answer as this bundle does (the predict page's offline mode): the manifest's
+        keys that shape answers with the sha256 of each part file, the part files by role, and the model's
+        quantization (scale, zero point) of its input and outputs, which LiteRT.js does not expose."""
+        keys = ("version", "created", "model", "input_size", "preprocessing", "rejection", "mirror_below_margin")
+        names = _part_names(self.manifest)
+        files = self.manifest.get("files") or {}
+
+        def quantization(details: dict | None) -> list[float] | None:
+            return [float(value) for value in details["quantization"]] if details else None
+
+        return {"version": self.version,
+                "manifest": {**{key: self.manifest.get(key) for key in keys},
+                             "files": {name: files.get(name) for name in names.values()}},
+                "files": names,
+                "bytes": sum(len(self.part_files.get(name, b"")) for name in names.values()),
+                "quantization": {"input": quantization(self.model.input), "scores": quantization(self.model.output),
+                                 "features": quantization(self.model.features_output)}}
 
     def predict(self, image: ImageSource, top_k: int = 3, lookup: PlaceLookup | None = None) -> Prediction:
         """Classify one photo (path, bytes or PIL image). ``lookup`` gives fresher place details than the

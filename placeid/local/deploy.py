@@ -17,8 +17,8 @@ from placeid_edge.errors import NotFound
 FUNCTIONS = ("ingest", "predict")
 #: Where each vendored package lives in this repository.
 PACKAGE_ROOTS = {"placeid": REPO_ROOT / "placeid", "placeid_edge": REPO_ROOT / "edge" / "placeid_edge"}
-#: Package data shipped with a vendored package (the predict page; the bundled catalog).
-PACKAGE_DATA = {"placeid": ["data/*.html", "data/*.json"]}
+#: Package data shipped with a vendored package (the predict page, its scripts and LiteRT.js; the bundled catalog).
+PACKAGE_DATA = {"placeid": ["data/*.html", "data/*.json", "data/web/*.js", "data/web/vendor/*"]}
 INDEXES_FILE = REPO_ROOT / "infra" / "firestore_indexes.tf.json"
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed timestamps: the same code gives the same zip (and md5)
 

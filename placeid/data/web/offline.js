@@ -1,0 +1,445 @@
+// placeid on this device: the served bundle kept in Cache Storage, verified against its manifest's sha256, and run
+// with LiteRT.js (the TFLite runtime built for WebAssembly). It answers as the Python edge package does
+// (placeid_edge.bundle): the same preprocessing (placeid-v2), top-k, mirror pass for unsure photos, unknown-place
+// rule and place details.
+import { loadLiteRt, loadAndCompile, Tensor } from "@litertjs/core";
+
+const BUNDLE_URL = "/v1/models/placeid/bundle";
+const CACHE = "placeid-bundle";
+const WASM_DIR = "/assets/vendor/litert/";
+// placeid_edge.preprocess.COMPATIBLE_PREPROCESSING: v1 differs only in its JPEG draft floor.
+const PREPROCESSING = ["placeid-v1", "placeid-v2"];
+const DRAFT_KEEP = 2;
+// The unknown-place rule's weights (placeid_edge/rejection.py).
+const PROB_WEIGHT = 0.1;
+const KNOWN_WEIGHT = 0.5;
+// Bilinear resampling in 8-bit fixed point, as Pillow does it (libImaging/Resample.c).
+const PRECISION_BITS = 32 - 8 - 2;
+
+export class OfflineError extends Error {}
+export class DecodeError extends OfflineError {}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The bundle: fetched once, verified, kept; refreshed when the served version changes.
+
+async function sha256Hex(bytes) {
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function cachedJson(cache, url) {
+  const hit = await cache.match(url);
+  return hit ? hit.json() : null;
+}
+
+// The description of the served bundle, from the network when it answers, else the kept copy's. `fresh` tells which.
+export async function bundleDescription() {
+  const cache = await caches.open(CACHE);
+  try {
+    const response = await fetch(BUNDLE_URL, { cache: "no-store" });
+    if (response.ok) return { description: await response.json(), fresh: true };
+  } catch (error) { /* offline: use the kept copy */ }
+  const kept = await cachedJson(cache, BUNDLE_URL);
+  if (!kept) throw new OfflineError("no copy of the model on this device yet, and the service cannot be reached");
+  return { description: kept, fresh: false };
+}
+
+// The bundle's files for `description`, from the kept copy or downloaded; each checked against the manifest's
+// sha256 before it is used or kept. A copy of an older version is deleted once the new one is complete.
+export async function bundleFiles(description, onProgress = () => {}) {
+  const cache = await caches.open(CACHE);
+  const files = {};
+  const names = Object.values(description.files);
+  let done = 0;
+  for (const [part, name] of Object.entries(description.files)) {
+    const url = `${BUNDLE_URL}/${name}?v=${encodeURIComponent(description.version)}`;
+    let response = await cache.match(url);
+    let downloaded = false;
+    if (!response) {
+      response = await fetch(url);
+      if (!response.ok) throw new OfflineError(`cannot download ${name}: HTTP ${response.status}`);
+      downloaded = true;
+    }
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    const expected = description.manifest.files[name];
+    if ((await sha256Hex(bytes)) !== expected) {
+      await cache.delete(url);
+      throw new OfflineError(`${name} does not match the sha256 in the model's manifest`);
+    }
+    if (downloaded) await cache.put(url, new Response(bytes, { headers: { "Content-Type": "application/octet-stream" } }));
+    files[part] = bytes;
+    onProgress(++done, names.length);
+  }
+  await cache.put(BUNDLE_URL, new Response(JSON.stringify(description), { headers: { "Content-Type": "application/json" } }));
+  for (const request of await cache.keys()) {
+    const url = new URL(request.url);
+    if (url.pathname.startsWith(`${BUNDLE_URL}/`) && url.searchParams.get("v") !== description.version) {
+      await cache.delete(request);
+    }
+  }
+  return files;
+}
+
+// The version kept on this device, or null.
+export async function keptVersion() {
+  const kept = await cachedJson(await caches.open(CACHE), BUNDLE_URL);
+  return kept ? kept.version : null;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The model.
+
+let runtime = null;
+
+function loadRuntime() {
+  runtime = runtime || loadLiteRt(WASM_DIR);
+  return runtime;
+}
+
+// A .npy file of little-endian float16 or float32 values, as rows.
+function readNpy(bytes) {
+  const magic = String.fromCharCode(...bytes.subarray(1, 6));
+  if (bytes[0] !== 0x93 || magic !== "NUMPY") throw new OfflineError("prototypes.npy is not a .npy file");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const major = bytes[6];
+  const headerLength = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
+  const start = (major === 1 ? 10 : 12) + headerLength;
+  const header = new TextDecoder().decode(bytes.subarray(major === 1 ? 10 : 12, start));
+  const descr = /'descr':\s*'([^']+)'/.exec(header)[1];
+  const shape = /'shape':\s*\((\d+),\s*(\d+)\)/.exec(header);
+  if (/'fortran_order':\s*True/.test(header) || !shape) throw new OfflineError("prototypes.npy: unexpected layout");
+  const [rows, cols] = [Number(shape[1]), Number(shape[2])];
+  const values = new Float32Array(rows * cols);
+  for (let i = 0; i < values.length; i++) {
+    if (descr === "<f2") values[i] = halfToFloat(view.getUint16(start + 2 * i, true));
+    else if (descr === "<f4") values[i] = view.getFloat32(start + 4 * i, true);
+    else throw new OfflineError(`prototypes.npy: unsupported dtype ${descr}`);
+  }
+  return { rows, cols, values };
+}
+
+function halfToFloat(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const fraction = h & 0x3ff;
+  if (exponent === 0) return sign * 2 ** -14 * (fraction / 1024);
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
+}
+
+function unitRows(values, rows, cols) {
+  const out = new Float32Array(values.length);
+  for (let r = 0; r < rows; r++) {
+    let norm = 0;
+    for (let c = 0; c < cols; c++) norm += values[r * cols + c] ** 2;
+    norm = Math.sqrt(norm) || 1;
+    for (let c = 0; c < cols; c++) out[r * cols + c] = values[r * cols + c] / norm;
+  }
+  return out;
+}
+
+export class OfflineBundle {
+  constructor(description, model, labels, places, prototypes) {
+    this.description = description;
+    this.version = description.version;
+    this.manifest = description.manifest;
+    this.size = description.manifest.input_size;
+    this.model = model;
+    this.labels = labels;
+    this.places = Object.fromEntries(places.map((place) => [place.place_id, place]));
+    this.rejection = description.manifest.rejection || null;
+    this.mirrorBelowMargin = Number(description.manifest.mirror_below_margin || 0);
+    this.quantization = description.quantization;
+    this.prototypes = prototypes;
+    const outputs = model.getOutputDetails();
+    const widths = outputs.map((o) => o.shape[o.shape.length - 1]);
+    this.scoresOutput = widths.indexOf(labels.length);
+    this.featuresOutput = outputs.length > 1 ? widths.findIndex((w, i) => i !== this.scoresOutput) : -1;
+    if (this.scoresOutput < 0) throw new OfflineError("the model has no output as wide as its labels");
+  }
+
+  // Load a bundle (description + verified files) into the runtime.
+  static async load(description, files) {
+    if (!PREPROCESSING.includes(description.manifest.preprocessing?.name)) {
+      throw new OfflineError(`the model wants preprocessing ${description.manifest.preprocessing?.name}; this page does ${PREPROCESSING.at(-1)}`);
+    }
+    await loadRuntime();
+    const model = await loadAndCompile(files.model, { accelerator: "wasm" });
+    const decoder = new TextDecoder();
+    const labels = JSON.parse(decoder.decode(files.labels));
+    const places = JSON.parse(decoder.decode(files.places));
+    let prototypes = null;
+    if (files.prototypes) {
+      const npy = readNpy(files.prototypes);
+      prototypes = { rows: npy.rows, cols: npy.cols, values: unitRows(npy.values, npy.rows, npy.cols) };
+    }
+    return new OfflineBundle(description, model, labels, places, prototypes);
+  }
+
+  // Probabilities and features (dequantised) for one uint8 RGB image of size x size.
+  run(pixels) {
+    const [scale, zero] = this.quantization.input || [0, 0];
+    let input = pixels;
+    if (scale && !(scale === 1 && zero === 0)) {
+      input = new Uint8Array(pixels.length);
+      for (let i = 0; i < pixels.length; i++) input[i] = Math.min(255, Math.max(0, Math.round(pixels[i] / scale + zero)));
+    }
+    const tensor = new Tensor(input, [1, this.size, this.size, 3]);
+    const outputs = this.model.run(tensor);
+    return Promise.resolve(outputs).then((tensors) => {
+      try {
+        const read = (index, quantization) => {
+          const raw = tensors[index].toTypedArray();
+          const [s, z] = quantization || [0, 0];
+          return Float32Array.from(raw, (v) => (s ? (v - z) * s : v));
+        };
+        const probabilities = read(this.scoresOutput, this.quantization.scores);
+        const features = this.featuresOutput >= 0 ? read(this.featuresOutput, this.quantization.features) : null;
+        return { probabilities, features };
+      } finally {
+        tensor.delete();
+        for (const t of tensors) t.delete();
+      }
+    });
+  }
+
+  // As placeid_edge.runtime.run_with_mirror: an unsure answer is averaged with the mirror image's.
+  async runWithMirror(pixels) {
+    const first = await this.run(pixels);
+    if (this.mirrorBelowMargin <= 0 || first.probabilities.length < 2) return first;
+    const sorted = Array.from(first.probabilities).sort((a, b) => b - a);
+    if (sorted[0] - sorted[1] >= this.mirrorBelowMargin) return first;
+    const second = await this.run(mirrorPixels(pixels, this.size));
+    const average = (a, b) => Float32Array.from(a, (v, i) => (v + b[i]) / 2);
+    return {
+      probabilities: average(first.probabilities, second.probabilities),
+      features: first.features && average(first.features, second.features),
+    };
+  }
+
+  // The rule's score (placeid_edge.rejection.rejection_score): higher = more likely a known place.
+  rejectionScore(probabilities, features) {
+    const kind = this.rejection.kind;
+    const sorted = Array.from(probabilities).sort((a, b) => b - a);
+    if (kind === "max_prob") return sorted[0];
+    if (kind === "margin") return sorted[0] - sorted[1];
+    if (!features || !this.prototypes) throw new OfflineError(`the ${kind} rule needs features and prototypes`);
+    let norm = 0;
+    for (const v of features) norm += v * v;
+    norm = Math.sqrt(norm) || 1;
+    const { rows, cols, values } = this.prototypes;
+    let similarity = -Infinity;
+    for (let r = 0; r < rows; r++) {
+      let dot = 0;
+      for (let c = 0; c < cols; c++) dot += values[r * cols + c] * features[c];
+      similarity = Math.max(similarity, dot / norm);
+    }
+    if (kind === "prototype_cosine") return similarity;
+    if (kind === "prototype_and_prob") return similarity + PROB_WEIGHT * sorted[0];
+    if (kind === "prototype_and_known") return similarity + KNOWN_WEIGHT * probabilities.reduce((a, b) => a + b, 0);
+    throw new OfflineError(`unknown rule ${kind}`);
+  }
+
+  // The answer for a photo (a Blob or File), shaped as the predict API answers (placeid_edge.bundle.Prediction).
+  async predict(photo, topK = this.description.top_k || 3) {
+    const started = performance.now();
+    const pixels = await preparePhoto(photo, this.size);
+    const decoded = performance.now();
+    const { probabilities, features } = await this.runWithMirror(pixels);
+    const inferred = performance.now();
+    const order = Array.from(probabilities.keys()).sort((a, b) => probabilities[b] - probabilities[a] || a - b);
+    const round = (v) => Math.round(v * 1e6) / 1e6;
+    const candidates = order.slice(0, Math.max(1, topK)).map((i) => ({
+      place_id: this.labels[i], name: this.places[this.labels[i]]?.name || this.labels[i], probability: round(probabilities[i]),
+    }));
+    let rejection = null;
+    let unknown = false;
+    if (this.rejection) {
+      const score = this.rejectionScore(probabilities, features);
+      unknown = score < this.rejection.threshold;
+      rejection = { rule: this.rejection.kind, threshold: this.rejection.threshold, score: round(score) };
+    }
+    let place = null;
+    if (!unknown) {
+      const best = candidates[0];
+      const details = this.places[best.place_id] || { place_id: best.place_id, name: best.name };
+      place = { ...details, probability: best.probability };
+      if (details.location) place.map_url = mapUrl(details.location.lat, details.location.lng);
+    }
+    return {
+      model_version: this.version, unknown, place, top_k: candidates,
+      probabilities: Array.from(probabilities, round), rejection, gps: null,
+      timing_ms: { decode: decoded - started, inference: inferred - decoded, total: performance.now() - started },
+      answered: "device",
+    };
+  }
+}
+
+export function mapUrl(lat, lng) {
+  return `https://www.openstreetmap.org/?mlat=${lat.toFixed(6)}&mlon=${lng.toFixed(6)}#map=16/${lat.toFixed(6)}/${lng.toFixed(6)}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Preprocessing placeid-v2 (placeid_edge.preprocess.prepare_image): EXIF orientation applied, JPEGs reduced as
+// Pillow's draft mode decodes them (to 1/2, 1/4 or 1/8 while both sides stay >= 2x the model size; block averages
+// here, the DCT's own scaling there: the resize that follows averages the difference away), other images
+// above 16 MP reduced by an integer factor, alpha over white, centre crop to a square, then Pillow's bilinear
+// resize (with its antialiasing support) to size x size. Returns uint8 RGB, row-major.
+
+const REDUCE_ABOVE_PIXELS = 16_000_000;
+const REDUCE_KEEP = 4;
+
+async function isJpeg(photo) {
+  const head = new Uint8Array(await photo.slice(0, 3).arrayBuffer());
+  return head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
+}
+
+export async function preparePhoto(photo, size) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(photo, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  } catch (error) {
+    throw new DecodeError("this file is not an image this browser can decode");
+  }
+  const { width, height } = bitmap;
+  let factor = 1;
+  if (await isJpeg(photo)) {
+    // Pillow's JpegImageFile.draft: scale = min(w // keep, h // keep), the largest of 8, 4, 2 it reaches.
+    const keep = DRAFT_KEEP * size;
+    const scale = Math.min(Math.floor(width / keep), Math.floor(height / keep));
+    factor = scale >= 8 ? 8 : scale >= 4 ? 4 : scale >= 2 ? 2 : 1;
+  } else if (width * height > REDUCE_ABOVE_PIXELS) {
+    factor = Math.max(1, Math.floor(Math.min(width, height) / (REDUCE_KEEP * size)));
+  }
+  const canvas = new OffscreenCanvas(width, height);
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, width, height);
+  context.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  let rgb = toRgb(context.getImageData(0, 0, width, height).data, width, height);
+  let [w, h] = [width, height];
+  if (factor > 1) [rgb, w, h] = boxReduce(rgb, w, h, factor);
+  // ImageOps.fit: the centred square crop, as a float box of the resize.
+  const side = Math.min(w, h);
+  const box = [(w - side) / 2, (h - side) / 2, (w - side) / 2 + side, (h - side) / 2 + side];
+  return resizeBilinear(rgb, w, h, size, size, box);
+}
+
+function toRgb(rgba, width, height) {
+  const rgb = new Uint8Array(width * height * 3);
+  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
+    rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
+  }
+  return rgb;
+}
+
+// Average of each factor x factor block (a partial block at the edge averages what it has), rounded.
+function boxReduce(rgb, width, height, factor) {
+  const w = Math.ceil(width / factor);
+  const h = Math.ceil(height / factor);
+  const out = new Uint8Array(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    const y1 = Math.min(height, (y + 1) * factor);
+    for (let x = 0; x < w; x++) {
+      const x1 = Math.min(width, (x + 1) * factor);
+      let r = 0, g = 0, b = 0, n = 0;
+      for (let yy = y * factor; yy < y1; yy++) {
+        for (let xx = x * factor, p = (yy * width + xx) * 3; xx < x1; xx++, p += 3) {
+          r += rgb[p]; g += rgb[p + 1]; b += rgb[p + 2]; n++;
+        }
+      }
+      const o = (y * w + x) * 3;
+      out[o] = Math.round(r / n); out[o + 1] = Math.round(g / n); out[o + 2] = Math.round(b / n);
+    }
+  }
+  return [out, w, h];
+}
+
+function coefficients(inSize, in0, in1, outSize) {
+  const scale = (in1 - in0) / outSize;
+  const filterScale = Math.max(scale, 1);
+  const support = 1.0 * filterScale;
+  const bounds = new Int32Array(outSize * 2);
+  const kernels = [];
+  for (let xx = 0; xx < outSize; xx++) {
+    const center = in0 + (xx + 0.5) * scale;
+    let xmin = Math.trunc(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    let xmax = Math.trunc(center + support + 0.5);
+    if (xmax > inSize) xmax = inSize;
+    xmax -= xmin;
+    const k = new Float64Array(xmax);
+    let total = 0;
+    for (let x = 0; x < xmax; x++) {
+      const t = Math.abs((x + xmin - center + 0.5) / filterScale);
+      k[x] = t < 1 ? 1 - t : 0;
+      total += k[x];
+    }
+    const fixed = new Int32Array(xmax);
+    for (let x = 0; x < xmax; x++) {
+      const v = total !== 0 ? k[x] / total : k[x];
+      fixed[x] = Math.trunc(v < 0 ? -0.5 + v * (1 << PRECISION_BITS) : 0.5 + v * (1 << PRECISION_BITS));
+    }
+    bounds[2 * xx] = xmin;
+    bounds[2 * xx + 1] = xmax;
+    kernels.push(fixed);
+  }
+  return { bounds, kernels };
+}
+
+function clip8(value) {
+  if (value >= 2 ** (PRECISION_BITS + 8)) return 255;
+  if (value <= 0) return 0;
+  return Math.floor(value / 2 ** PRECISION_BITS);
+}
+
+// Pillow's Image.resize(size, BILINEAR, box): a horizontal pass, then a vertical one, each rounded to 8 bits.
+export function resizeBilinear(rgb, width, height, outWidth, outHeight, box) {
+  const horizontal = coefficients(width, box[0], box[2], outWidth);
+  const vertical = coefficients(height, box[1], box[3], outHeight);
+  const first = vertical.bounds[0];
+  const last = vertical.bounds[2 * outHeight - 2] + vertical.bounds[2 * outHeight - 1];
+  const rows = last - first;
+  const temp = new Uint8Array(rows * outWidth * 3);
+  const half = 1 << (PRECISION_BITS - 1);
+  for (let y = 0; y < rows; y++) {
+    const row = (y + first) * width * 3;
+    for (let x = 0; x < outWidth; x++) {
+      const xmin = horizontal.bounds[2 * x];
+      const k = horizontal.kernels[x];
+      let r = half, g = half, b = half;
+      for (let i = 0, p = row + xmin * 3; i < k.length; i++, p += 3) {
+        r += rgb[p] * k[i]; g += rgb[p + 1] * k[i]; b += rgb[p + 2] * k[i];
+      }
+      const o = (y * outWidth + x) * 3;
+      temp[o] = clip8(r); temp[o + 1] = clip8(g); temp[o + 2] = clip8(b);
+    }
+  }
+  const out = new Uint8Array(outWidth * outHeight * 3);
+  for (let y = 0; y < outHeight; y++) {
+    const ymin = vertical.bounds[2 * y] - first;
+    const k = vertical.kernels[y];
+    for (let x = 0; x < outWidth; x++) {
+      let r = half, g = half, b = half;
+      for (let i = 0, p = ((ymin) * outWidth + x) * 3; i < k.length; i++, p += outWidth * 3) {
+        r += temp[p] * k[i]; g += temp[p + 1] * k[i]; b += temp[p + 2] * k[i];
+      }
+      const o = (y * outWidth + x) * 3;
+      out[o] = clip8(r); out[o + 1] = clip8(g); out[o + 2] = clip8(b);
+    }
+  }
+  return out;
+}
+
+function mirrorPixels(pixels, size) {
+  const out = new Uint8Array(pixels.length);
+  for (let y = 0; y < size; y++) {
+    for (let x = 0; x < size; x++) {
+      const from = (y * size + x) * 3;
+      const to = (y * size + (size - 1 - x)) * 3;
+      out[to] = pixels[from]; out[to + 1] = pixels[from + 1]; out[to + 2] = pixels[from + 2];
+    }
+  }
+  return out;
+}
