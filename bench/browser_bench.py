@@ -8,8 +8,9 @@ the batch fix is served from a copy whose model has its batch fixed to 1, traini
 weights are the same). Each run is a fresh browser profile:
 
 - first visit: ``/`` until the page's device copy is ready (the page, its scripts, LiteRT.js, the bundle). Bytes
-  are the page's own resource timing (``transferSize``: what came over the wire, headers included); the service
-  worker's precache of the page's five small files revalidates them (304s) and is not counted;
+  are the page's own resource timing: ``transferSize`` (headers included), or the body's size for what came
+  through the service worker (LiteRT.js's WebAssembly, which reports no transfer size there); the service worker's
+  own requests (sw.js, 2 KB, and its precache of the page's five small files, revalidated: 304s) are not counted;
 - offline: the function stops, the browser goes offline (DevTools), the page reloads: time from the reload to the
   first answer for a 320-px photo (the page from the service worker, the model compiled from Cache Storage);
 - per photo: the page's own timing (``timing_ms.total``: decode, preprocess, inference, mirror pass, rule) for a
@@ -97,7 +98,7 @@ def one_run(url: str, stack: LocalStack, photos: dict[str, bytes], repeats: int)
         assert state["mode"] == "device", state
         transferred = driver.execute_script(
             "return performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
-            ".map(e => [e.name, e.transferSize, e.encodedBodySize]);")
+            ".map(e => [e.name, Math.max(e.transferSize, e.encodedBodySize)]);")
         latency = {}
         for name in ("12mp", "320px"):
             answers = [classify(driver, photos[name]) for _ in range(repeats)]
@@ -116,7 +117,7 @@ def one_run(url: str, stack: LocalStack, photos: dict[str, bytes], repeats: int)
         driver.quit()
     stack.start("predict")
     by_kind: dict[str, int] = {}
-    for name, size, _ in transferred:
+    for name, size in transferred:
         path = name.split("?")[0].removeprefix(url)
         kind = ("model bundle" if "/bundle" in path else "LiteRT.js" if "/vendor/" in path else "page")
         by_kind[kind] = by_kind.get(kind, 0) + size

@@ -19,9 +19,9 @@ from placeid.local.deploy import FUNCTIONS
 
 pytestmark = pytest.mark.slow  # a fresh venv, pip install and the build steps as subprocesses
 
-#: Steps whose image is plain Python and which reach nothing outside the build (the others need Google Cloud or
-#: a Docker daemon; the test step is this suite itself).
-LOCAL_STEPS = ("lint", "package")
+#: Steps whose image is plain Python or Node.js and which reach nothing outside the build but a package registry
+#: (the others need Google Cloud or a Docker daemon; the test step is this suite itself).
+LOCAL_STEPS = ("lint", "web", "package")
 
 
 def clean_copy(destination: Path) -> Path:
@@ -39,7 +39,8 @@ def clean_copy(destination: Path) -> Path:
 
 def step_script(step: dict) -> str:
     assert step.get("entrypoint") == "bash" and step["args"][0] == "-c", f"{step['id']}: expected bash -c"
-    assert step["name"].startswith("python:3.11"), f"{step['id']}: this test stands in for a python:3.11 image"
+    assert step["name"].startswith(("python:3.11", "node:20")), \
+        f"{step['id']}: this test stands in for a python:3.11 or node:20 image (this machine's Node.js 20 and npm)"
     return step["args"][1]
 
 
@@ -76,6 +77,9 @@ def test_local_steps_pass_in_order_from_a_clean_copy(ran_steps):
             f"step {step_id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}" if result else step_id
     for name in FUNCTIONS:  # what the deploy steps' --source and Terraform's zips point at
         assert (source / "dist" / name / "main.py").is_file() and (source / "dist" / f"{name}.zip").is_file()
+    # The predict function carries the page's offline runtime, from npm at build time.
+    runtime = source / "dist" / "predict" / "placeid" / "data" / "web" / "vendor" / "litert_wasm_internal.wasm"
+    assert runtime.read_bytes()[:4] == b"\0asm"
     # Installed non-editable, as in the build: the code and its data files come from site-packages.
     probe = ("import placeid, placeid.predict_http as page, placeid.catalog as catalog\n"
              "print(placeid.__file__)\n"

@@ -32,12 +32,18 @@ from placeid_edge.imaging import (
 )
 
 RESAMPLE = Image.Resampling.BILINEAR
-#: JPEGs are decoded in draft mode (at 1/2, 1/4 or 1/8 scale, in the DCT) no smaller than DRAFT_KEEP x the model
-#: size on both sides: then the bilinear resize to the model size averages at least 2 x 2 decoded pixels, and a
-#: browser, which decodes in full and reduces by block averages (placeid/data/web/offline.js), gives the same input
-#: (placeid-v1 drafted down to 1x: a browser's answers then differed by up to 0.23 in probability on 320-px
-#: photos for a 96-px model; with 2x, by 0 on them, bench/browser_bench.py).
+#: JPEGs are decoded in draft mode, scaled in the DCT: at 1/8 when that keeps both sides >= the model size (a
+#: phone's 12 MP photo: the fast path, each decoded pixel the mean of an 8 x 8 block), else no smaller than
+#: DRAFT_KEEP x the model size (1/2 or 1/4), so that the bilinear resize that follows averages at least 2 x 2
+#: decoded pixels. A browser, which decodes in full and reduces by block averages (placeid/data/web/offline.js),
+#: then gives the same input where placeid-v1 (1/2 and 1/4 down to 1x the model size) did not: its answers
+#: differed by up to 0.23 in probability on 320-px photos for a 96-px model; now by 0 on them (bench/browser_bench.py).
 DRAFT_KEEP = 2
+
+
+def draft_side(width: int, height: int, size: int) -> int:
+    """The side :func:`imaging.draft_to` keeps for a ``width`` x ``height`` JPEG and a model of ``size``."""
+    return size if min(width // size, height // size) >= 8 else DRAFT_KEEP * size
 #: JPEGs are decoded in draft mode at no less than the model size; other images above REDUCE_ABOVE_PIXELS are
 #: reduced right after decoding to no less than REDUCE_KEEP x the model size on the shorter side
 #: (imaging.reduce_in_strips).
@@ -45,14 +51,16 @@ REDUCE_KEEP = 4
 #: Stored in every model manifest; a consumer checks it matches before it feeds the model.
 PREPROCESSING = {
     "name": "placeid-v2",
-    "decode": "JPEG draft mode at >= 2x model size; EXIF orientation applied; 8-bit RGB (alpha over white)",
+    "decode": "JPEG draft mode: 1/8 when >= model size, else >= 2x model size; EXIF orientation applied; 8-bit RGB "
+              "(alpha over white)",
     "resize": "centre crop to square, then bilinear resize to size x size",
     "input": "uint8 RGB, shape [1, size, size, 3]",
     "scale": "x / 127.5 - 1, inside the model",
 }
 
 #: Preprocessings a bundle may have been trained with and still be served with this one: v1 differs only in its
-#: JPEG draft floor (1x the model size), which moves a photo's input by a fraction of a grey level on average.
+#: JPEG draft floor at 1/2 and 1/4 scale (1x the model size), which moves a photo's input by a fraction of a grey
+#: level on average.
 COMPATIBLE_PREPROCESSING = ("placeid-v1", "placeid-v2")
 
 ImageSource = str | Path | bytes | Image.Image
@@ -73,7 +81,7 @@ def prepare_image(source: ImageSource, size: int, limits: ValidationLimits = Val
     if image.format is None:  # made in memory: already decoded, nothing to reserve
         return _prepare(image, size, opened)
     check_header(image, limits)
-    draft_to(image, DRAFT_KEEP * size)
+    draft_to(image, draft_side(*image.size, size))
     with decode_budget.reserve(prepare_estimate(image, size), "image"):
         return _prepare(image, size, opened)
 

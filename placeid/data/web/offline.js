@@ -281,8 +281,8 @@ export function mapUrl(lat, lng) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Preprocessing placeid-v2 (placeid_edge.preprocess.prepare_image): EXIF orientation applied, JPEGs reduced as
-// Pillow's draft mode decodes them (to 1/2, 1/4 or 1/8 while both sides stay >= 2x the model size; block averages
-// here, the DCT's own scaling there: the resize that follows averages the difference away), other images
+// Pillow's draft mode decodes them (to 1/8 when both sides stay >= the model size, else to 1/2 or 1/4 while they
+// stay >= 2x the model size; block averages here, the DCT's own scaling there), other images
 // above 16 MP reduced by an integer factor, alpha over white, centre crop to a square, then Pillow's bilinear
 // resize (with its antialiasing support) to size x size. Returns uint8 RGB, row-major.
 
@@ -304,8 +304,9 @@ export async function preparePhoto(photo, size) {
   const { width, height } = bitmap;
   let factor = 1;
   if (await isJpeg(photo)) {
-    // Pillow's JpegImageFile.draft: scale = min(w // keep, h // keep), the largest of 8, 4, 2 it reaches.
-    const keep = DRAFT_KEEP * size;
+    // placeid_edge.preprocess.draft_side, then Pillow's JpegImageFile.draft: scale = min(w // keep, h // keep),
+    // the largest of 8, 4, 2 it reaches.
+    const keep = Math.min(Math.floor(width / size), Math.floor(height / size)) >= 8 ? size : DRAFT_KEEP * size;
     const scale = Math.min(Math.floor(width / keep), Math.floor(height / keep));
     factor = scale >= 8 ? 8 : scale >= 4 ? 4 : scale >= 2 ? 2 : 1;
   } else if (width * height > REDUCE_ABOVE_PIXELS) {
@@ -317,40 +318,44 @@ export async function preparePhoto(photo, size) {
   context.fillRect(0, 0, width, height);
   context.drawImage(bitmap, 0, 0);
   bitmap.close();
-  let rgb = toRgb(context.getImageData(0, 0, width, height).data, width, height);
-  let [w, h] = [width, height];
-  if (factor > 1) [rgb, w, h] = boxReduce(rgb, w, h, factor);
+  const rgba = context.getImageData(0, 0, width, height).data;
+  const [rgb, w, h] = factor > 1 ? boxReduce(rgba, width, height, factor) : [toRgb(rgba), width, height];
   // ImageOps.fit: the centred square crop, as a float box of the resize.
   const side = Math.min(w, h);
   const box = [(w - side) / 2, (h - side) / 2, (w - side) / 2 + side, (h - side) / 2 + side];
   return resizeBilinear(rgb, w, h, size, size, box);
 }
 
-function toRgb(rgba, width, height) {
-  const rgb = new Uint8Array(width * height * 3);
+function toRgb(rgba) {
+  const rgb = new Uint8Array((rgba.length / 4) * 3);
   for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
     rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
   }
   return rgb;
 }
 
-// Average of each factor x factor block (a partial block at the edge averages what it has), rounded.
-function boxReduce(rgb, width, height, factor) {
+// RGB average of each factor x factor block of RGBA pixels (a partial block at the edge averages what it has),
+// rounded; one pass over the rows, summing into a row of block totals.
+function boxReduce(rgba, width, height, factor) {
   const w = Math.ceil(width / factor);
   const h = Math.ceil(height / factor);
   const out = new Uint8Array(w * h * 3);
+  const sums = new Uint32Array(w * 3);
   for (let y = 0; y < h; y++) {
-    const y1 = Math.min(height, (y + 1) * factor);
-    for (let x = 0; x < w; x++) {
-      const x1 = Math.min(width, (x + 1) * factor);
-      let r = 0, g = 0, b = 0, n = 0;
-      for (let yy = y * factor; yy < y1; yy++) {
-        for (let xx = x * factor, p = (yy * width + xx) * 3; xx < x1; xx++, p += 3) {
-          r += rgb[p]; g += rgb[p + 1]; b += rgb[p + 2]; n++;
-        }
+    sums.fill(0);
+    const y0 = y * factor;
+    const y1 = Math.min(height, y0 + factor);
+    for (let yy = y0; yy < y1; yy++) {
+      for (let x = 0, p = yy * width * 4; x < width; x++, p += 4) {
+        const s = ((x / factor) | 0) * 3;
+        sums[s] += rgba[p]; sums[s + 1] += rgba[p + 1]; sums[s + 2] += rgba[p + 2];
       }
+    }
+    for (let x = 0; x < w; x++) {
+      const n = (Math.min(width, (x + 1) * factor) - x * factor) * (y1 - y0);
       const o = (y * w + x) * 3;
-      out[o] = Math.round(r / n); out[o + 1] = Math.round(g / n); out[o + 2] = Math.round(b / n);
+      out[o] = Math.round(sums[3 * x] / n); out[o + 1] = Math.round(sums[3 * x + 1] / n);
+      out[o + 2] = Math.round(sums[3 * x + 2] / n);
     }
   }
   return [out, w, h];
