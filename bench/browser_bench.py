@@ -22,7 +22,6 @@ weights are the same). Each run is a fresh browser profile:
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from bench.machine import free_port, save  # noqa: E402
 from bench.serving_bench import make_photos  # noqa: E402
 from placeid.catalog import bundled_catalog_path, load_catalog, read_catalog  # noqa: E402
 from placeid.config import Settings  # noqa: E402
+from placeid.local.browser import classify_in_page, headless_chromium, set_offline, wait_ready  # noqa: E402
 from placeid.local.stack import LocalStack  # noqa: E402
 from placeid.registry import Registry  # noqa: E402
 from placeid.store import firestore_client, storage_client  # noqa: E402
@@ -70,30 +70,12 @@ def servable_copy(run_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def in_page(driver, script: str, *args):
-    driver.set_script_timeout(300)
-    return driver.execute_async_script(script, *args)
-
-
-def classify(driver, data: bytes) -> dict:
-    return in_page(driver, "const done = arguments[1]; const bytes = Uint8Array.from(atob(arguments[0]), "
-                           "c => c.charCodeAt(0)); window.placeid.classify(new Blob([bytes])).then(done)"
-                           ".catch(e => done({error: String(e)}));", base64.b64encode(data).decode())
-
-
-def ready(driver) -> dict:
-    return in_page(driver, "const done = arguments[0]; window.placeid.ready.then(() => done({mode: "
-                           "window.placeid.mode, version: window.placeid.version}))")
-
-
 def one_run(url: str, stack: LocalStack, photos: dict[str, bytes], repeats: int) -> dict:
-    from tests.conftest import chromium
-
-    driver = chromium()
+    driver = headless_chromium()
     try:
         started = time.perf_counter()
         driver.get(url + "/")
-        state = ready(driver)
+        state = wait_ready(driver)
         first_visit_s = time.perf_counter() - started
         assert state["mode"] == "device", state
         transferred = driver.execute_script(
@@ -101,16 +83,14 @@ def one_run(url: str, stack: LocalStack, photos: dict[str, bytes], repeats: int)
             ".map(e => [e.name, Math.max(e.transferSize, e.encodedBodySize)]);")
         latency = {}
         for name in ("12mp", "320px"):
-            answers = [classify(driver, photos[name]) for _ in range(repeats)]
+            answers = [classify_in_page(driver, photos[name]) for _ in range(repeats)]
             latency[name] = round(statistics.median(a["timing_ms"]["total"] for a in answers), 1)
         stack.stop("predict")
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
-                                                                    "downloadThroughput": -1, "uploadThroughput": -1})
+        set_offline(driver)
         started = time.perf_counter()
         driver.refresh()
-        assert ready(driver)["mode"] == "device"
-        answer = classify(driver, photos["320px"])
+        assert wait_ready(driver)["mode"] == "device"
+        answer = classify_in_page(driver, photos["320px"])
         offline_s = time.perf_counter() - started
         assert answer.get("answered") == "device", answer
     finally:
@@ -128,22 +108,21 @@ def one_run(url: str, stack: LocalStack, photos: dict[str, bytes], repeats: int)
 
 def agreement(url: str, bundle: Bundle, settings: Settings) -> dict:
     """The page (offline copy) against the edge package on the same photos: top-1, unknown, probabilities."""
-    from tests.conftest import chromium
 
     world30 = sorted((settings.world30_dir / "images").glob("*/*.jpg"))[::38][:50]
     negatives = sorted((settings.data_dir / "negatives" / "images").glob("*/*.jpg"))[::7][:10]
     originals = sorted(p for p in (settings.data_dir / "world30-originals").glob("*/*")
                        if p.suffix.lower() in (".jpg", ".jpeg"))[::9][:20]
-    driver = chromium()
+    driver = headless_chromium()
     rows = {}
     try:
         driver.get(url + "/")
-        ready(driver)
+        wait_ready(driver)
         for group, paths in (("world30", world30), ("negatives", negatives), ("camera originals", originals)):
             top1 = unknown = 0
             diffs = []
             for path in paths:
-                mine, reference = classify(driver, path.read_bytes()), bundle.predict(path).to_json()
+                mine, reference = classify_in_page(driver, path.read_bytes()), bundle.predict(path).to_json()
                 top1 += mine["top_k"][0]["place_id"] == reference["top_k"][0]["place_id"]
                 unknown += mine["unknown"] == reference["unknown"]
                 diffs.append(float(np.abs(np.array(mine["probabilities"]) - reference["probabilities"]).max()))

@@ -155,7 +155,7 @@ class PredictService:
                                                     headers={"Cache-Control": "no-cache"})},
         }
         if path in self._static:
-            routes[path] = {"GET": lambda: self._static_file(path)}
+            routes[path] = {"GET": lambda: self._static_file(request, path)}
         elif path.startswith(f"{BUNDLE_PATH}/"):
             routes[path] = {"GET": lambda: self._bundle_file(request, path.removeprefix(f"{BUNDLE_PATH}/"))}
         methods = routes.get(path)
@@ -176,13 +176,21 @@ class PredictService:
                       inference_ms=prediction.timing_ms["total"])
         return self._json(_localized_answer(prediction.to_json(), bundle, languages))
 
-    def _static_file(self, path: str) -> flask.Response:
-        """One of the page's fixed files (placeid.web_assets): revalidated by ETag on every use."""
+    def _static_file(self, request: flask.Request, path: str) -> flask.Response:
+        """One of the page's fixed files (placeid.web_assets): gzipped when the file has a ``.gz`` twin and the
+        client accepts gzip; revalidated by ETag on every use."""
         file, mimetype = self._static[path]
         if not file.is_file():
             raise NotFound(f"{path} is not installed here: the page's offline mode needs `python -m "
                            "placeid.web_assets` (make web) at build time")
-        response = flask.send_file(file, mimetype=mimetype, conditional=True, etag=True, max_age=0)
+        packed = file.with_name(f"{file.name}.gz")
+        gzipped = packed.is_file() and request.accept_encodings["gzip"] > 0
+        response = flask.send_file(packed if gzipped else file, mimetype=mimetype, conditional=True, etag=True,
+                                   max_age=0)
+        if gzipped:
+            response.headers["Content-Encoding"] = "gzip"
+        if packed.is_file():
+            response.headers["Vary"] = "Accept-Encoding"
         response.headers["Cache-Control"] = "no-cache"
         if path == "/sw.js":
             response.headers["Service-Worker-Allowed"] = "/"

@@ -14,6 +14,7 @@ and so functions-framework, keeps /static/ for itself). No URL is ever turned in
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -77,6 +78,9 @@ def install(web_dir: Path = WEB_DIR, quiet: bool = True, run_npm: bool = True) -
     target.mkdir(parents=True, exist_ok=True)
     for name, source in VENDOR_FILES.items():
         shutil.copyfile(modules / source, target / name)
+        # Served to browsers that accept gzip (all do): the WebAssembly is 9.4 MB, 2.8 MB gzipped.
+        with open(modules / source, "rb") as raw, gzip.GzipFile(target / f"{name}.gz", "wb", mtime=0) as packed:
+            shutil.copyfileobj(raw, packed)
     versions = {}
     for package in VENDOR_PACKAGES:
         meta = json.loads((web_dir / "node_modules" / package / "package.json").read_text())

@@ -422,6 +422,43 @@ def cmd_infra(args) -> int:
     return 0
 
 
+def offline_page(settings, url: str, photos: list[tuple[str, str | None]]) -> int:
+    """Open the predict page in headless Chromium, let it keep the served model, cut its network, reload it and
+    print its answers (LiteRT.js, on the device) for ``photos``. Skipped, saying why, without Chromium."""
+    from placeid.local.browser import BrowserMissing, classify_in_page, headless_chromium, set_offline, wait_ready
+
+    try:
+        driver = headless_chromium()
+    except BrowserMissing as exc:
+        console.print(f"[yellow]skipped: {exc.message}")
+        return 0
+    rows, failed = [], 0
+    try:
+        driver.get(url)
+        kept = wait_ready(driver)
+        set_offline(driver)
+        driver.refresh()
+        state = wait_ready(driver)
+        console.print(f"first visit: {kept['status']}\nafter the network went: {state['status']}")
+        if state["mode"] != "device":
+            return 1
+        for source, expected in photos:
+            answer = classify_in_page(driver, _photo_bytes(settings, source))
+            if "error" in answer:
+                failed += 1
+                rows.append([Path(source).name[:16], expected or "", answer["error"], "", "", ""])
+                continue
+            said = "unknown place" if answer["unknown"] else answer["place"]["place_id"]
+            rows.append([Path(source).name[:16], expected or "", said, f"{answer['top_k'][0]['probability']:.2f}",
+                         "on this device" if answer["answered"] == "device" else "online",
+                         f"{answer['timing_ms']['total']:.0f}"])
+    finally:
+        driver.quit()
+    _print_table("the page's answers, offline (LiteRT.js in headless Chromium)",
+                 ["photo", "truth", "answer", "p", "answered", "ms"], rows)
+    return 1 if failed else 0
+
+
 def _held_out_photos(settings, run_dir: Path, count: int) -> list[tuple[str, str | None]]:
     """A few photos of the run's test split (one per place) and two photos with no landmark."""
     split = json.loads((run_dir / "split.json").read_text())
@@ -474,7 +511,10 @@ def cmd_demo(args) -> int:
     console.rule("serve: the predict function answers photos it has never seen")
     run_dir = max(p.parent for p in (settings.state_dir / "runs").glob("*/manifest.json"))
     url = settings.url(settings.predict_port) + "/"
-    status = predict_photos(settings, url, _held_out_photos(settings, run_dir, count=8))
+    held_out = _held_out_photos(settings, run_dir, count=8)
+    status = predict_photos(settings, url, held_out)
+    console.rule("offline: the page keeps the model and answers in the browser, with the network cut")
+    status = offline_page(settings, url, held_out) or status
     console.rule("vet: the served model re-scores the collection, then checks fresh uploads")
     rescan(settings, batch_size=64)
     vet_fresh_uploads(settings, held_back, files[0][1])

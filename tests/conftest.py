@@ -4,7 +4,6 @@ project's own LocalStack, on free ports, reset between tests; real photos from t
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -118,30 +117,15 @@ def scratch_dir():
         yield Path(path)
 
 
-def chromium(languages: str | None = None):
-    """Headless Chromium (Debian's chromium + chromium-driver) driven by Selenium; ``languages`` (``"ko,en"``) are
-    the browser's preferred languages."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not binary or not driver_path:
-        pytest.fail("chromium and chromedriver are needed for the page test: apt-get install chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"):
-        options.add_argument(flag)
-    if languages:
-        options.add_argument(f"--lang={languages.split(',')[0]}")
-        options.add_experimental_option("prefs", {"intl.accept_languages": languages})
-    return webdriver.Chrome(service=Service(driver_path), options=options)
-
-
 @pytest.fixture
 def browser():
     """Headless Chromium driven by Selenium (the page tests)."""
-    driver = chromium()
+    from placeid.local.browser import BrowserMissing, headless_chromium
+
+    try:
+        driver = headless_chromium()
+    except BrowserMissing as exc:
+        pytest.fail(exc.message)
     yield driver
     driver.quit()
 

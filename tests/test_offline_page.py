@@ -4,7 +4,6 @@ Place names in the reader's language, in the page and the API. Headless Chromium
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import shutil
@@ -17,7 +16,7 @@ import requests
 from placeid.config import REPO_ROOT
 from placeid.local.stack import LocalStack
 from placeid_edge.bundle import Bundle
-from tests.conftest import chromium
+from placeid.local.browser import classify_in_page, headless_chromium, set_offline, wait_ready
 from tests.serving import publish, wait_for_version
 
 pytestmark = pytest.mark.slow  # headless Chromium, a trained model
@@ -57,22 +56,6 @@ def answers(korean_bundle, held_out_photos, data_dir):
     return {"known": known, "unknown": unknown}
 
 
-def wait_ready(driver, timeout_s: float = 60) -> dict:
-    """Wait for the page's device copy; the mode it answers in and the status line."""
-    driver.set_script_timeout(timeout_s)
-    return driver.execute_async_script(
-        "const done = arguments[0]; window.placeid.ready.then(() => done({mode: window.placeid.mode, "
-        "version: window.placeid.version, status: document.getElementById('offline').textContent}))")
-
-
-def classify_in_page(driver, photo: Path) -> dict:
-    """The page's answer for a photo, as window.placeid.classify gives it (what a pick or a drop shows)."""
-    return driver.execute_async_script(
-        "const done = arguments[1]; const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
-        "window.placeid.classify(new Blob([bytes])).then(done).catch(e => done({error: String(e)}));",
-        base64.b64encode(photo.read_bytes()).decode())
-
-
 def pick(driver, photo: Path, shows: str) -> None:
     """Choose a photo with the file input and wait for the element with id ``shows``."""
     from selenium.webdriver.common.by import By
@@ -81,12 +64,6 @@ def pick(driver, photo: Path, shows: str) -> None:
 
     driver.find_element(By.ID, "image").send_keys(str(photo))
     WebDriverWait(driver, 30).until(expected_conditions.visibility_of_element_located((By.ID, shows)))
-
-
-def cut_network(driver) -> None:
-    driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
-                                                                "downloadThroughput": -1, "uploadThroughput": -1})
 
 
 def boxes(driver) -> dict:
@@ -117,7 +94,7 @@ def test_page_recognises_photos_offline_as_the_edge_package_does(predict_server,
     LocalStack(server_settings).stop("predict")
     with pytest.raises(requests.ConnectionError):
         requests.get(url + "/", timeout=5)
-    cut_network(browser)
+    set_offline(browser)
     browser.refresh()
     again = wait_ready(browser)
     assert again["mode"] == "device" and again["version"] == version and again["status"].startswith("Offline"), again
@@ -166,8 +143,7 @@ def test_page_recognises_photos_offline_as_the_edge_package_does(predict_server,
     LocalStack(server_settings).start("predict")
     second = publish(db, bucket, korean_bundle, scratch_dir, version="99990101T000000Z-efficientnet-second")
     wait_for_version(url, second)
-    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
-                                                                 "downloadThroughput": -1, "uploadThroughput": -1})
+    set_offline(browser, False)
     browser.refresh()
     updated = wait_ready(browser)
     assert updated["mode"] == "device" and updated["version"] == second, updated
@@ -210,7 +186,7 @@ def test_place_names_in_the_readers_language(predict_server, db, bucket, korean_
     assert refused.status_code == 400 and "language tag" in refused.json()["error"]["message"]
 
     # The page, in a browser whose language is Korean, answering on the device.
-    driver = chromium("ko,en")
+    driver = headless_chromium("ko,en")
     try:
         driver.get(url + "/")
         assert wait_ready(driver)["mode"] == "device"
@@ -240,7 +216,11 @@ def test_offline_files_are_fixed_names_of_the_served_version(predict_server, db,
         assert refused.status_code == 404 and refused.headers["Content-Type"] == "application/json", name
     runtime = requests.get(f"{url}/assets/vendor/litert/litert_wasm_internal.wasm", timeout=30)
     assert runtime.status_code == 200 and runtime.headers["Content-Type"] == "application/wasm"
-    assert runtime.content[:4] == b"\0asm"
+    assert runtime.content[:4] == b"\0asm" and runtime.headers["Content-Encoding"] == "gzip"  # 9.4 MB sent as 2.8
+    assert int(runtime.headers["Content-Length"]) < len(runtime.content) / 3
+    plain = requests.get(f"{url}/assets/vendor/litert/litert_wasm_internal.wasm", timeout=30,
+                         headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers and plain.content == runtime.content
     assert requests.get(f"{url}/assets/vendor/litert/../offline.js", timeout=10).status_code == 404
     page = requests.get(url + "/", timeout=10)
     policy = page.headers["Content-Security-Policy"]

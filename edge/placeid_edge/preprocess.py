@@ -32,38 +32,55 @@ from placeid_edge.imaging import (
 )
 
 RESAMPLE = Image.Resampling.BILINEAR
-#: JPEGs are decoded in draft mode, scaled in the DCT: at 1/8 when that keeps both sides >= the model size (a
-#: phone's 12 MP photo: the fast path, each decoded pixel the mean of an 8 x 8 block), else no smaller than
-#: DRAFT_KEEP x the model size (1/2 or 1/4), so that the bilinear resize that follows averages at least 2 x 2
-#: decoded pixels. A browser, which decodes in full and reduces by block averages (placeid/data/web/offline.js),
-#: then gives the same input where placeid-v1 (1/2 and 1/4 down to 1x the model size) did not: its answers
-#: differed by up to 0.23 in probability on 320-px photos for a 96-px model; now by 0 on them (bench/browser_bench.py).
-DRAFT_KEEP = 2
+#: A JPEG at least DRAFT_SCALE x the model size on both sides is decoded in draft mode at 1/DRAFT_SCALE (a phone's
+#: 12 MP photo: the fast path, each decoded pixel an 8 x 8 block's mean, from the DCT's DC terms); any other JPEG
+#: in full, unless it is above REDUCE_ABOVE_PIXELS (4 MP): then at the smallest scale that keeps the model size.
+#: A browser, which can only decode in full and then take block means (placeid/data/web/offline.js), gives nearly
+#: the same input (bench/browser_bench.py). placeid-v1 drafted every JPEG at 1/2, 1/4 or 1/8 down to the model
+#: size, and 1/2 and 1/4 a browser cannot reproduce: its answers then differed by up to 0.23 in probability on
+#: 320-px photos for a 96-px model.
+DRAFT_SCALE = 8
 
 
 def draft_side(width: int, height: int, size: int) -> int:
-    """The side :func:`imaging.draft_to` keeps for a ``width`` x ``height`` JPEG and a model of ``size``."""
-    return size if min(width // size, height // size) >= 8 else DRAFT_KEEP * size
-#: JPEGs are decoded in draft mode at no less than the model size; other images above REDUCE_ABOVE_PIXELS are
-#: reduced right after decoding to no less than REDUCE_KEEP x the model size on the shorter side
-#: (imaging.reduce_in_strips).
+    """The side :func:`imaging.draft_to` keeps for a ``width`` x ``height`` JPEG and a model of ``size``: ``size``
+    when that drafts at 1/DRAFT_SCALE or the JPEG is above REDUCE_ABOVE_PIXELS, else 0 (decoded in full)."""
+    if min(width // size, height // size) >= DRAFT_SCALE or width * height > REDUCE_ABOVE_PIXELS:
+        return size
+    return 0
+
+
+#: Other images above REDUCE_ABOVE_PIXELS are reduced right after decoding to no less than REDUCE_KEEP x the model
+#: size on the shorter side (imaging.reduce_in_strips).
 REDUCE_KEEP = 4
 #: Stored in every model manifest; a consumer checks it matches before it feeds the model.
 PREPROCESSING = {
     "name": "placeid-v2",
-    "decode": "JPEG draft mode: 1/8 when >= model size, else >= 2x model size; EXIF orientation applied; 8-bit RGB "
-              "(alpha over white)",
-    "resize": "centre crop to square, then bilinear resize to size x size",
+    "decode": "JPEG draft mode at 1/8 when that keeps >= model size (or above 4 MP), else in full; EXIF orientation "
+              "applied; 8-bit RGB (alpha over white)",
+    "resize": "centre crop to square, then bilinear resize to size x size, across then down",
     "input": "uint8 RGB, shape [1, size, size, 3]",
     "scale": "x / 127.5 - 1, inside the model",
 }
 
-#: Preprocessings a bundle may have been trained with and still be served with this one: v1 differs only in its
-#: JPEG draft floor at 1/2 and 1/4 scale (1x the model size), which moves a photo's input by a fraction of a grey
-#: level on average.
+#: Preprocessings a bundle may have been trained with and still be served with this one: v1 differs only in also
+#: drafting JPEGs at 1/2 and 1/4, which moves a photo's input by a fraction of a grey level on average.
 COMPATIBLE_PREPROCESSING = ("placeid-v1", "placeid-v2")
 
 ImageSource = str | Path | bytes | Image.Image
+
+
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+    """The centred square crop of ``image`` (ImageOps.fit's float box) resized to ``size`` x ``size`` with Pillow's
+    bilinear filter, one axis at a time: across first, then down, each pass rounded to 8 bits. One resize call
+    would let Pillow choose the order (13.0 goes down first for some tall photos, and the 8-bit rounding between the
+    passes then differs by one grey level here and there); this order is one a browser reproduces exactly
+    (placeid/data/web/offline.js)."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    across = image.resize((size, height), RESAMPLE, box=(left, 0, left + side, height))
+    return across.resize((size, size), RESAMPLE, box=(0, top, size, top + side))
 
 
 def prepare_image(source: ImageSource, size: int, limits: ValidationLimits = ValidationLimits()) -> np.ndarray:
@@ -127,7 +144,7 @@ def _prepare(image: Image.Image, size: int, opened: bool) -> np.ndarray:
             opened = True
         image = orient_in_place(image) if opened else ImageOps.exif_transpose(image)
         rgb = to_rgb(image)
-        square = ImageOps.fit(rgb, (size, size), method=RESAMPLE)
+        square = fit_square(rgb, size)
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"cannot decode image: {exc}") from None
     return np.asarray(square, dtype=np.uint8)

@@ -9,7 +9,7 @@ const CACHE = "placeid-bundle";
 const WASM_DIR = "/assets/vendor/litert/";
 // placeid_edge.preprocess.COMPATIBLE_PREPROCESSING: v1 differs only in its JPEG draft floor.
 const PREPROCESSING = ["placeid-v1", "placeid-v2"];
-const DRAFT_KEEP = 2;
+const DRAFT_SCALE = 8;
 // The unknown-place rule's weights (placeid_edge/rejection.py).
 const PROB_WEIGHT = 0.1;
 const KNOWN_WEIGHT = 0.5;
@@ -281,12 +281,12 @@ export function mapUrl(lat, lng) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Preprocessing placeid-v2 (placeid_edge.preprocess.prepare_image): EXIF orientation applied, JPEGs reduced as
-// Pillow's draft mode decodes them (to 1/8 when both sides stay >= the model size, else to 1/2 or 1/4 while they
-// stay >= 2x the model size; block averages here, the DCT's own scaling there), other images
-// above 16 MP reduced by an integer factor, alpha over white, centre crop to a square, then Pillow's bilinear
+// Pillow's draft mode decodes them (to 1/8 when both sides stay >= the model size: block means here, the DCT's DC
+// terms there; else in full, but above 4 MP as Pillow drafts them), other images
+// above 4 MP reduced by an integer factor, alpha over white, centre crop to a square, then Pillow's bilinear
 // resize (with its antialiasing support) to size x size. Returns uint8 RGB, row-major.
 
-const REDUCE_ABOVE_PIXELS = 16_000_000;
+const REDUCE_ABOVE_PIXELS = 4_000_000; // placeid_edge.imaging.REDUCE_ABOVE_PIXELS
 const REDUCE_KEEP = 4;
 
 async function isJpeg(photo) {
@@ -304,11 +304,10 @@ export async function preparePhoto(photo, size) {
   const { width, height } = bitmap;
   let factor = 1;
   if (await isJpeg(photo)) {
-    // placeid_edge.preprocess.draft_side, then Pillow's JpegImageFile.draft: scale = min(w // keep, h // keep),
-    // the largest of 8, 4, 2 it reaches.
-    const keep = Math.min(Math.floor(width / size), Math.floor(height / size)) >= 8 ? size : DRAFT_KEEP * size;
-    const scale = Math.min(Math.floor(width / keep), Math.floor(height / keep));
-    factor = scale >= 8 ? 8 : scale >= 4 ? 4 : scale >= 2 ? 2 : 1;
+    // placeid_edge.preprocess.draft_side: Pillow's draft mode at 1/8 when both sides stay >= the model size (or,
+    // above 4 MP, at the smallest of 1/8, 1/4, 1/2 that keeps them so); else in full.
+    const scale = Math.min(Math.floor(width / size), Math.floor(height / size));
+    if (scale >= DRAFT_SCALE || width * height > REDUCE_ABOVE_PIXELS) factor = scale >= 8 ? 8 : scale >= 4 ? 4 : scale >= 2 ? 2 : 1;
   } else if (width * height > REDUCE_ABOVE_PIXELS) {
     factor = Math.max(1, Math.floor(Math.min(width, height) / (REDUCE_KEEP * size)));
   }
@@ -320,7 +319,7 @@ export async function preparePhoto(photo, size) {
   bitmap.close();
   const rgba = context.getImageData(0, 0, width, height).data;
   const [rgb, w, h] = factor > 1 ? boxReduce(rgba, width, height, factor) : [toRgb(rgba), width, height];
-  // ImageOps.fit: the centred square crop, as a float box of the resize.
+  // placeid_edge.preprocess.fit_square: the centred square crop as a float box, across then down.
   const side = Math.min(w, h);
   const box = [(w - side) / 2, (h - side) / 2, (w - side) / 2 + side, (h - side) / 2 + side];
   return resizeBilinear(rgb, w, h, size, size, box);
@@ -375,9 +374,10 @@ function coefficients(inSize, in0, in1, outSize) {
     if (xmax > inSize) xmax = inSize;
     xmax -= xmin;
     const k = new Float64Array(xmax);
+    const ss = 1.0 / filterScale; // multiplied, not divided: the same rounding as Pillow's C
     let total = 0;
     for (let x = 0; x < xmax; x++) {
-      const t = Math.abs((x + xmin - center + 0.5) / filterScale);
+      const t = Math.abs((x + xmin - center + 0.5) * ss);
       k[x] = t < 1 ? 1 - t : 0;
       total += k[x];
     }
@@ -399,7 +399,7 @@ function clip8(value) {
   return Math.floor(value / 2 ** PRECISION_BITS);
 }
 
-// Pillow's Image.resize(size, BILINEAR, box): a horizontal pass, then a vertical one, each rounded to 8 bits.
+// Pillow's bilinear resize of a box, across then down, each pass rounded to 8 bits (fit_square's two calls).
 export function resizeBilinear(rgb, width, height, outWidth, outHeight, box) {
   const horizontal = coefficients(width, box[0], box[2], outWidth);
   const vertical = coefficients(height, box[1], box[3], outHeight);
