@@ -7,10 +7,10 @@ The local stack's emulators and the predict function (functions-framework) serve
 the batch fix is served from a copy whose model has its batch fixed to 1, training.export.with_batch_of_one: the
 weights are the same). Each run is a fresh browser profile:
 
-- first visit: ``/`` until the page's device copy is ready (the page, its scripts, LiteRT.js, the bundle). Bytes
-  are the page's own resource timing: ``transferSize`` (headers included), or the body's size for what came
-  through the service worker (LiteRT.js's WebAssembly, which reports no transfer size there); the service worker's
-  own requests (sw.js, 2 KB, and its precache of the page's five small files, revalidated: 304s) are not counted;
+- first visit: ``/`` until the page's device copy is ready (the page, its scripts, LiteRT.js, the bundle). Bytes:
+  each URL the page's resource timing lists, asked again with ``Accept-Encoding: gzip`` and counted as sent
+  (headers included; the timing itself cannot see through the service worker); the service worker's own requests
+  (sw.js, 2 KB, and its precache of the page's five small files, revalidated: 304s) are not counted;
 - offline: the function stops, the browser goes offline (DevTools), the page reloads: time from the reload to the
   first answer for a 320-px photo (the page from the service worker, the model compiled from Cache Storage);
 - per photo: the page's own timing (``timing_ms.total``: decode, preprocess, inference, mirror pass, rule) for a
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import requests
 from rich.console import Console
 from rich.table import Table
 
@@ -70,6 +71,14 @@ def servable_copy(run_dir: Path, folder: Path) -> Path:
     return folder
 
 
+def wire_bytes(url: str) -> int:
+    """The bytes a browser receives for ``url`` (the body as sent, gzipped where the server gzips, plus headers):
+    asked again here, since the page's resource timing cannot see through its service worker."""
+    with requests.get(url, headers={"Accept-Encoding": "gzip, deflate, br"}, stream=True, timeout=60) as response:
+        body = response.raw.read(decode_content=False)
+        return len(body) + sum(len(k) + len(v) + 4 for k, v in response.headers.items())
+
+
 def one_run(url: str, stack: LocalStack, photos: dict[str, bytes], repeats: int) -> dict:
     driver = headless_chromium()
     try:
@@ -78,9 +87,10 @@ def one_run(url: str, stack: LocalStack, photos: dict[str, bytes], repeats: int)
         state = wait_ready(driver)
         first_visit_s = time.perf_counter() - started
         assert state["mode"] == "device", state
-        transferred = driver.execute_script(
+        loaded = driver.execute_script(
             "return performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
-            ".map(e => [e.name, Math.max(e.transferSize, e.encodedBodySize)]);")
+            ".map(e => e.name);")
+        transferred = [(name, wire_bytes(name)) for name in loaded]
         latency = {}
         for name in ("12mp", "320px"):
             answers = [classify_in_page(driver, photos[name]) for _ in range(repeats)]
