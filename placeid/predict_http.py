@@ -204,8 +204,8 @@ class PredictService:
         if data is None:
             raise NotFound(f"the served bundle has no file {name!r}; see GET {BUNDLE_PATH}")
         if request.args.get("v") != bundle.version:
-            raise VersionChanged(f"model {request.args.get('v')!r} is no longer served (now {bundle.version}); "
-                                 f"read GET {BUNDLE_PATH} again")
+            raise VersionChanged(f"model {(request.args.get('v') or '')[:80]!r} is no longer served (now "
+                                 f"{bundle.version}); read GET {BUNDLE_PATH} again")
         mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
         return flask.Response(data, mimetype=mimetype, headers={
             "Cache-Control": "public, max-age=31536000, immutable",
