@@ -71,17 +71,21 @@ def _page() -> str:
 
 
 def page_csp(page: str) -> str:
-    """The page's Content-Security-Policy: scripts from itself (LiteRT.js compiles WebAssembly) and its inline
-    import map and style by hash, requests to itself, images from itself or the chosen photo (blob:), the
-    OpenStreetMap embed as the only frame, nothing else, and no framing of the page."""
-    def hashes(tag: str, attributes: str = "") -> str:
+    """A page's Content-Security-Policy: its inline scripts (an import map included) and styles by hash, scripts
+    from itself when it loads any (then WebAssembly may compile too: LiteRT.js), requests to itself, images from
+    itself or the chosen photo (blob:), the OpenStreetMap embed as its only frame when it loads scripts (the
+    predict page's map), nothing else, and no framing of the page."""
+    def hashes(tag: str, attributes: str = "") -> list[str]:
         blocks = re.findall(rf"<{tag}{attributes}>(.*?)</{tag}>", page, re.S)
-        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+        return [f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks]
 
-    import_map = hashes("script", ' type="importmap"')
-    return (f"default-src 'none'; script-src 'self' 'wasm-unsafe-eval' {import_map}; "
-            f"style-src {hashes('style')}; img-src 'self' blob: data:; connect-src 'self'; worker-src 'self'; "
-            "frame-src https://www.openstreetmap.org; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    loads_scripts = re.search(r"<script[^>]*\ssrc=", page) is not None
+    scripts = (["'self'", "'wasm-unsafe-eval'"] if loads_scripts else []) + hashes("script") + hashes(
+        "script", ' type="importmap"')
+    frames = "worker-src 'self'; frame-src https://www.openstreetmap.org; " if loads_scripts else ""
+    return (f"default-src 'none'; script-src {' '.join(scripts)}; style-src {' '.join(hashes('style'))}; "
+            f"img-src 'self' blob: data:; connect-src 'self'; {frames}base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'")
 
 
 class PredictService:

@@ -234,7 +234,8 @@ def test_answers_carry_security_headers_and_the_page_a_policy(client):  # noqa: 
     page = client.get("/")
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     policy = page.headers["Content-Security-Policy"]
-    assert "frame-ancestors 'none'" in policy and "script-src 'sha256-" in policy and "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy and "'unsafe-eval'" not in policy
+    assert "script-src 'self' 'wasm-unsafe-eval' 'sha256-" in policy  # its scripts, and the import map by hash
     api = client.post("/", data=b"not an image", content_type="image/jpeg")
     assert api.headers["X-Content-Type-Options"] == "nosniff" and api.headers["X-Frame-Options"] == "DENY"
 

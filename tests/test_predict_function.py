@@ -137,7 +137,9 @@ def test_tf_serving_predict_status_and_metadata(client, served, held_out_photos,
 def test_the_page_is_served(client):
     response = client.get("/")
     assert response.status_code == 200 and response.mimetype == "text/html"
-    assert b'type="file"' in response.data and b"fetch(" in response.data
+    assert b'type="file"' in response.data and b'src="/assets/page.js"' in response.data
+    script = client.get("/assets/page.js")
+    assert script.status_code == 200 and script.mimetype == "text/javascript" and b"fetch(" in script.data
 
 
 def test_bad_requests_are_400(client):

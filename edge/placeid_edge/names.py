@@ -1,11 +1,12 @@
-"""Place names in the reader's language: a catalog entry's ``names`` (``{"en": "63 Building", "ko": "63빌딩"}``)
-picked by a list of preferred languages (``?lang=``, ``Accept-Language``, the browser's), falling back to English,
-then to the entry's own ``name``. The page does the same in JavaScript (placeid/data/web/page.js)."""
+"""Place names in the reader's language: a catalog entry's ``name`` is its English (default) name, and its
+``names`` (``{"en": "63 Building", "ko": "63빌딩"}``) may add others. The first preferred language (``?lang=``,
+``Accept-Language``, the browser's) that is English or that ``names`` has decides; with none, English. The page does
+the same in JavaScript (placeid/data/web/page.js)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 FALLBACK = "en"
 #: A language tag as clients send it: ``ko``, ``en-GB``, ``zh-Hant-TW``; anything else is ignored.
@@ -17,21 +18,16 @@ def primary(tag: str) -> str:
     return tag.split("-", 1)[0].lower()
 
 
-def pick_language(available: Iterable[str], preferred: Sequence[str]) -> str | None:
-    """The first of ``preferred`` (tags, best first) that ``available`` has, by primary subtag; else English when
-    available; else None."""
-    have = {primary(tag): tag for tag in available}
-    for tag in [*preferred, FALLBACK]:
-        if primary(tag) in have:
-            return have[primary(tag)]
-    return None
-
-
 def local_name(entry: dict, preferred: Sequence[str]) -> str:
-    """An entry's (place or nearby site) name in the first preferred language it has."""
+    """An entry's (place or nearby site) name in the first preferred language it has; English is its ``name``."""
     names = entry.get("names") or {}
-    language = pick_language(names, preferred)
-    return names[language] if language else entry.get("name", "")
+    have = {primary(tag): tag for tag in names}
+    for tag in preferred:
+        if primary(tag) == FALLBACK:
+            break
+        if primary(tag) in have:
+            return names[have[primary(tag)]]
+    return entry.get("name") or names.get(FALLBACK, "")
 
 
 def localized(place: dict, preferred: Sequence[str]) -> dict:

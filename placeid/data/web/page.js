@@ -26,15 +26,17 @@ function link(href, content) {
   return a;
 }
 
-// placeid_edge.names.local_name: the first of the browser's languages the entry has, else English, else its name.
+// placeid_edge.names.local_name: the first of the browser's languages that is English (the entry's name) or that
+// the entry's names have; with none, English.
 function localName(entry) {
   const names = (entry && entry.names) || {};
   const have = Object.fromEntries(Object.keys(names).map((tag) => [tag.split("-")[0].toLowerCase(), tag]));
-  for (const tag of [...languages, "en"]) {
-    const found = have[tag.split("-")[0].toLowerCase()];
-    if (found) return names[found];
+  for (const tag of languages) {
+    const primary = tag.split("-")[0].toLowerCase();
+    if (primary === "en") break;
+    if (have[primary]) return names[have[primary]];
   }
-  return (entry && entry.name) || "";
+  return (entry && entry.name) || names.en || "";
 }
 
 function setStatus(message, state) {
