@@ -144,6 +144,7 @@ async function classify(file) {
 
 async function send(file) {
   if (!file) return;
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
   photo.style.display = "block";
   result.replaceChildren(text("p", "Looking…", "muted"));
