@@ -520,8 +520,9 @@ def cmd_demo(args) -> int:
     vet_fresh_uploads(settings, held_back, files[0][1])
     console.print("The suspects and their suggestions: `placeid review list --suspects`; act on one: "
                   "`placeid review apply IMAGE_ID` (or accept, relabel, reject).")
-    console.print(f"Try it: open {url} in a browser, or `placeid predict PHOTO...`; offline: "
-                  f"`placeid-edge predict PHOTO --bundle {run_dir}`. Stop the stack: placeid stack down")
+    console.print(f"Try it: open {url} in a browser (it keeps the model, then answers with no network), or "
+                  f"`placeid predict PHOTO...`; offline: `placeid-edge predict PHOTO --bundle {run_dir}`. "
+                  "Stop the stack: placeid stack down")
     return status
 
 
