@@ -80,6 +80,7 @@ def test_local_steps_pass_in_order_from_a_clean_copy(ran_steps):
     # The predict function carries the page's offline runtime, from npm at build time.
     runtime = source / "dist" / "predict" / "placeid" / "data" / "web" / "vendor" / "litert_wasm_internal.wasm"
     assert runtime.read_bytes()[:4] == b"\0asm"
+    assert not (source / "dist" / "ingest" / "placeid" / "data" / "web").exists()  # the ingest function has no page
     # Installed non-editable, as in the build: the code and its data files come from site-packages.
     probe = ("import placeid, placeid.predict_http as page, placeid.catalog as catalog\n"
              "print(placeid.__file__)\n"

@@ -17,8 +17,10 @@ from placeid_edge.errors import NotFound
 FUNCTIONS = ("ingest", "predict")
 #: Where each vendored package lives in this repository.
 PACKAGE_ROOTS = {"placeid": REPO_ROOT / "placeid", "placeid_edge": REPO_ROOT / "edge" / "placeid_edge"}
-#: Package data shipped with a vendored package (the predict page, its scripts and LiteRT.js; the bundled catalog).
-PACKAGE_DATA = {"placeid": ["data/*.html", "data/*.json", "data/web/*.js", "data/web/vendor/*"]}
+#: Package data shipped with a vendored package (the pages; the bundled catalog).
+PACKAGE_DATA = {"placeid": ["data/*.html", "data/*.json"]}
+#: Package data only one function needs: the predict page's scripts and LiteRT.js (about 25 MB with their gzip twins).
+FUNCTION_DATA = {"predict": {"placeid": ["data/web/*.js", "data/web/vendor/*"]}}
 INDEXES_FILE = REPO_ROOT / "infra" / "firestore_indexes.tf.json"
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)  # fixed timestamps: the same code gives the same zip (and md5)
 
@@ -89,7 +91,7 @@ def package_function(name: str, out_dir: Path) -> Path:
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(module, destination)
     for package in {_relative(m).parts[0] for m in modules}:
-        for pattern in PACKAGE_DATA.get(package, []):
+        for pattern in PACKAGE_DATA.get(package, []) + FUNCTION_DATA.get(name, {}).get(package, []):
             for data_file in PACKAGE_ROOTS[package].glob(pattern):
                 destination = target / package / data_file.relative_to(PACKAGE_ROOTS[package])
                 destination.parent.mkdir(parents=True, exist_ok=True)
