@@ -155,8 +155,7 @@ class PredictService:
             MODEL_PATH: {"GET": lambda: self._json(self._status())},
             f"{MODEL_PATH}/metadata": {"GET": lambda: self._json(self._metadata())},
             f"{MODEL_PATH}:predict": {"POST": lambda: self._predict_instances(request, fields)},
-            BUNDLE_PATH: {"GET": lambda: self._json(self.models.bundle().offline_description(),
-                                                    headers={"Cache-Control": "no-cache"})},
+            BUNDLE_PATH: {"GET": lambda: self._json(self._offline_description(), headers={"Cache-Control": "no-cache"})},
         }
         if path in self._static:
             routes[path] = {"GET": lambda: self._static_file(request, path)}
@@ -180,6 +179,15 @@ class PredictService:
                       inference_ms=prediction.timing_ms["total"])
         return self._json(_localized_answer(prediction.to_json(), bundle, languages))
 
+    def _offline_description(self) -> dict:
+        """The served bundle's description for the page (Bundle.offline_description), with what this service answers
+        with that the bundle does not say: top-k, and the limits a photo must keep to (the page leaves the others to
+        the service, which says why it refuses them)."""
+        settings = self.settings
+        return {**self.models.bundle().offline_description(), "top_k": settings.top_k,
+                "limits": {"max_bytes": settings.max_request_bytes, "max_pixels": settings.max_pixels,
+                           "min_side": settings.min_side, "max_aspect_ratio": settings.max_aspect_ratio}}
+
     def _static_file(self, request: flask.Request, path: str) -> flask.Response:
         """One of the page's fixed files (placeid.web_assets): gzipped when the file has a ``.gz`` twin and the
         client accepts gzip; revalidated by ETag on every use."""
@@ -194,7 +202,7 @@ class PredictService:
         if gzipped:
             response.headers["Content-Encoding"] = "gzip"
         if packed.is_file():
-            response.headers["Vary"] = "Accept-Encoding"
+            response.vary.add("Accept-Encoding")
         response.headers["Cache-Control"] = "no-cache"
         if path == "/sw.js":
             response.headers["Service-Worker-Allowed"] = "/"
@@ -206,7 +214,7 @@ class PredictService:
         bundle = self.models.bundle()
         data = bundle.part_files.get(name)
         if data is None:
-            raise NotFound(f"the served bundle has no file {name!r}; see GET {BUNDLE_PATH}")
+            raise NotFound(f"the served bundle has no file {name[:80]!r}; see GET {BUNDLE_PATH}")
         if request.args.get("v") != bundle.version:
             raise VersionChanged(f"model {(request.args.get('v') or '')[:80]!r} is no longer served (now "
                                  f"{bundle.version}); read GET {BUNDLE_PATH} again")
@@ -356,7 +364,7 @@ class PredictService:
         if not origin or not ("*" in allowed or origin in allowed):
             return
         response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
-        response.headers["Vary"] = "Origin"
+        response.vary.add("Origin")
         if request.method == "OPTIONS":
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization"

@@ -55,9 +55,10 @@ def static_files() -> dict[str, tuple[Path, str]]:
     return files
 
 
-def vendor_installed() -> bool:
-    """Whether the runtime's files are in place (``python -m placeid.web_assets`` was run)."""
-    return all((_web_data() / "vendor" / name).is_file() for name in VENDOR_FILES)
+def vendor_installed(web_data: Path | None = None) -> bool:
+    """Whether the runtime's files are in ``web_data`` (default: this package's data/web/), as
+    ``python -m placeid.web_assets`` puts them."""
+    return all(((web_data or _web_data()) / "vendor" / name).is_file() for name in VENDOR_FILES)
 
 
 def install(web_dir: Path = WEB_DIR, quiet: bool = True, run_npm: bool = True) -> Path:

@@ -153,6 +153,35 @@ def test_page_recognises_photos_offline_as_the_edge_package_does(predict_server,
     assert kept and all("/bundle" in u for u in kept)
     assert {u.split("v=")[1] for u in kept if "v=" in u} == {second}
 
+    # A promote to a model the browser cannot run (a dynamic batch, as exported before 2026-11-30): the page keeps
+    # answering with the copy it has, and says why it could not keep the new one.
+    third = publish(db, bucket, with_dynamic_batch(korean_bundle, scratch_dir / "dynamic"), scratch_dir,
+                    version="99990102T000000Z-efficientnet-dynamic")
+    wait_for_version(url, third)
+    browser.refresh()
+    stuck = wait_ready(browser)
+    assert stuck["mode"] == "device" and stuck["version"] == second, stuck
+    assert "could not be kept" in stuck["status"], stuck
+    assert classify_in_page(browser, photo)["model_version"] == second
+
+
+def with_dynamic_batch(run: Path, folder: Path) -> Path:
+    """A copy of ``run`` whose model has a dynamic batch (-1), as the converter leaves it."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    shutil.copytree(run, folder)
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray((folder / "model_int8.tflite").read_bytes()))
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            if tensor.shapeSignature is not None and len(tensor.shapeSignature):
+                tensor.shapeSignature[0] = -1
+    data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    (folder / "model_int8.tflite").write_bytes(data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["model_int8.tflite"] = hashlib.sha256(data).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
 
 def with_korean_names(entries: list[dict]) -> list[dict]:
     """Catalog entries (and their nearby sites) given a Korean name each, as :data:`KOREAN` marks it."""

@@ -239,7 +239,7 @@ class Bundle:
 
     def _describe(self, probabilities: np.ndarray, score: float | None, gps: tuple[float, float] | None,
                   top_k: int, lookup: PlaceLookup | None, timing_ms: dict) -> Prediction:
-        order = np.argsort(-probabilities)[: max(1, top_k)]
+        order = np.argsort(-probabilities, kind="stable")[: max(1, top_k)]  # ties: label order (as the page)
         candidates = [{"place_id": self.labels[i], "name": self._name(self.labels[i]),
                        "probability": round(float(probabilities[i]), 6)} for i in order]
         unknown = score is not None and bool(score < self.rejection["threshold"])

@@ -79,6 +79,12 @@ def package_function(name: str, out_dir: Path) -> Path:
     source = REPO_ROOT / "functions" / name
     if not (source / "main.py").is_file():
         raise NotFound(f"{source / 'main.py'} does not exist: run `placeid package` from the repository root")
+    if name == "predict":
+        from placeid.web_assets import vendor_installed
+
+        if not vendor_installed(PACKAGE_ROOTS["placeid"] / "data" / "web"):  # what is packaged, not what is installed
+            raise NotFound("the predict page's offline runtime (LiteRT.js) is not installed: run `make web` "
+                           "(python -m placeid.web_assets) before packaging")
     target = out_dir / name
     if target.exists():
         shutil.rmtree(target)

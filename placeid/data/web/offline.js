@@ -32,20 +32,26 @@ async function cachedJson(cache, url) {
   return hit ? hit.json() : null;
 }
 
-// The description of the served bundle, from the network when it answers, else the kept copy's. `fresh` tells which.
-export async function bundleDescription() {
-  const cache = await caches.open(CACHE);
+// The description of the served bundle from the network, or null when the service cannot be reached (or has no
+// model to serve).
+export async function servedDescription() {
   try {
     const response = await fetch(BUNDLE_URL, { cache: "no-store" });
-    if (response.ok) return { description: await response.json(), fresh: true };
-  } catch (error) { /* offline: use the kept copy */ }
-  const kept = await cachedJson(cache, BUNDLE_URL);
-  if (!kept) throw new OfflineError("no copy of the model on this device yet, and the service cannot be reached");
-  return { description: kept, fresh: false };
+    if (response.ok) return await response.json();
+  } catch (error) { /* offline */ }
+  return null;
 }
 
-// The bundle's files for `description`, from the kept copy or downloaded; each checked against the manifest's
-// sha256 before it is used or kept. A copy of an older version is deleted once the new one is complete.
+// The description of the copy kept on this device, or null.
+export async function keptDescription() {
+  return cachedJson(await caches.open(CACHE), BUNDLE_URL);
+}
+
+class VersionChanged extends OfflineError {}
+
+// The bundle's files for `description`, from this device or downloaded (revalidated, never a stale HTTP cache
+// entry), each checked against the manifest's sha256 before it is used. Downloads are kept under their version's
+// URL; nothing is made the current copy here (see keep()).
 export async function bundleFiles(description, onProgress = () => {}) {
   const cache = await caches.open(CACHE);
   const files = {};
@@ -56,7 +62,8 @@ export async function bundleFiles(description, onProgress = () => {}) {
     let response = await cache.match(url);
     let downloaded = false;
     if (!response) {
-      response = await fetch(url);
+      response = await fetch(url, { cache: "no-cache" });
+      if (response.status === 409) throw new VersionChanged(`model ${description.version} is no longer served`);
       if (!response.ok) throw new OfflineError(`cannot download ${name}: HTTP ${response.status}`);
       downloaded = true;
     }
@@ -70,6 +77,13 @@ export async function bundleFiles(description, onProgress = () => {}) {
     files[part] = bytes;
     onProgress(++done, names.length);
   }
+  return files;
+}
+
+// Make `description` the copy this device answers with, and delete every other version's files: only once its
+// model has loaded, so that a copy that works is never replaced by one that does not.
+export async function keep(description) {
+  const cache = await caches.open(CACHE);
   await cache.put(BUNDLE_URL, new Response(JSON.stringify(description), { headers: { "Content-Type": "application/json" } }));
   for (const request of await cache.keys()) {
     const url = new URL(request.url);
@@ -77,13 +91,31 @@ export async function bundleFiles(description, onProgress = () => {}) {
       await cache.delete(request);
     }
   }
-  return files;
 }
 
-// The version kept on this device, or null.
-export async function keptVersion() {
-  const kept = await cachedJson(await caches.open(CACHE), BUNDLE_URL);
-  return kept ? kept.version : null;
+// The bundle to answer with: the served one when the service answers (downloaded once, then kept), else, or when
+// it cannot be downloaded or loaded, the copy kept on this device. A promote during the download (409) makes it
+// ask for the description once more. Returns {bundle, fresh: whether it is the served version, reached: whether
+// the service answered, problem: why the served one could not be used, or null}.
+export async function loadBest(onProgress = () => {}) {
+  const kept = await keptDescription();
+  let problem = null;
+  let reached = false;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const served = await servedDescription();
+    if (!served) break;
+    reached = true;
+    try {
+      const bundle = await OfflineBundle.load(served, await bundleFiles(served, (done, total) => onProgress(served, done, total)));
+      await keep(served);
+      return { bundle, fresh: true, reached, problem: null };
+    } catch (error) {
+      problem = error;
+      if (!(error instanceof VersionChanged)) break;
+    }
+  }
+  if (!kept) throw problem || new OfflineError("no copy of the model on this device yet, and the service cannot be reached");
+  return { bundle: await OfflineBundle.load(kept, await bundleFiles(kept)), fresh: false, reached, problem };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -173,11 +205,15 @@ export class OfflineBundle {
       const npy = readNpy(files.prototypes);
       prototypes = { rows: npy.rows, cols: npy.cols, values: unitRows(npy.values, npy.rows, npy.cols) };
     }
-    return new OfflineBundle(description, model, labels, places, prototypes);
+    const bundle = new OfflineBundle(description, model, labels, places, prototypes);
+    // One answer for a blank image: a model the runtime compiles but cannot run (a dynamic batch) fails here, not
+    // on the first photo after the working copy was replaced.
+    await bundle.run(new Uint8Array(bundle.size * bundle.size * 3));
+    return bundle;
   }
 
   // Probabilities and features (dequantised) for one uint8 RGB image of size x size.
-  run(pixels) {
+  async run(pixels) {
     const [scale, zero] = this.quantization.input || [0, 0];
     let input = pixels;
     if (scale && !(scale === 1 && zero === 0)) {
@@ -185,22 +221,21 @@ export class OfflineBundle {
       for (let i = 0; i < pixels.length; i++) input[i] = Math.min(255, Math.max(0, Math.round(pixels[i] / scale + zero)));
     }
     const tensor = new Tensor(input, [1, this.size, this.size, 3]);
-    const outputs = this.model.run(tensor);
-    return Promise.resolve(outputs).then((tensors) => {
-      try {
-        const read = (index, quantization) => {
-          const raw = tensors[index].toTypedArray();
-          const [s, z] = quantization || [0, 0];
-          return Float32Array.from(raw, (v) => (s ? (v - z) * s : v));
-        };
-        const probabilities = read(this.scoresOutput, this.quantization.scores);
-        const features = this.featuresOutput >= 0 ? read(this.featuresOutput, this.quantization.features) : null;
-        return { probabilities, features };
-      } finally {
-        tensor.delete();
-        for (const t of tensors) t.delete();
-      }
-    });
+    let tensors = [];
+    try {
+      tensors = await this.model.run(tensor);
+      const read = (index, quantization) => {
+        const raw = tensors[index].toTypedArray();
+        const [s, z] = quantization || [0, 0];
+        return Float32Array.from(raw, (v) => (s ? (v - z) * s : v));
+      };
+      const probabilities = read(this.scoresOutput, this.quantization.scores);
+      const features = this.featuresOutput >= 0 ? read(this.featuresOutput, this.quantization.features) : null;
+      return { probabilities, features };
+    } finally {
+      tensor.delete();
+      for (const t of tensors) t.delete();
+    }
   }
 
   // As placeid_edge.runtime.run_with_mirror: an unsure answer is averaged with the mirror image's.
@@ -243,7 +278,7 @@ export class OfflineBundle {
   // The answer for a photo (a Blob or File), shaped as the predict API answers (placeid_edge.bundle.Prediction).
   async predict(photo, topK = this.description.top_k || 3) {
     const started = performance.now();
-    const pixels = await preparePhoto(photo, this.size);
+    const pixels = await preparePhoto(photo, this.size, this.description.limits || {});
     const decoded = performance.now();
     const { probabilities, features } = await this.runWithMirror(pixels);
     const inferred = performance.now();
@@ -294,7 +329,10 @@ async function isJpeg(photo) {
   return head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
 }
 
-export async function preparePhoto(photo, size) {
+export async function preparePhoto(photo, size, limits = {}) {
+  if (limits.max_bytes && photo.size > limits.max_bytes) {
+    throw new DecodeError(`the photo is larger than ${limits.max_bytes} bytes`);
+  }
   let bitmap;
   try {
     bitmap = await createImageBitmap(photo, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
@@ -302,6 +340,14 @@ export async function preparePhoto(photo, size) {
     throw new DecodeError("this file is not an image this browser can decode");
   }
   const { width, height } = bitmap;
+  // The service's limits (placeid_edge.imaging.ValidationLimits): beyond them the service answers, and says why.
+  const tooLarge = limits.max_pixels && width * height > limits.max_pixels;
+  const tooSmall = limits.min_side && Math.min(width, height) < limits.min_side;
+  const tooThin = limits.max_aspect_ratio && Math.max(width, height) / Math.min(width, height) > limits.max_aspect_ratio;
+  if (tooLarge || tooSmall || tooThin) {
+    bitmap.close();
+    throw new DecodeError(`a ${width}x${height} photo is outside the limits the service checks`);
+  }
   let factor = 1;
   if (await isJpeg(photo)) {
     // placeid_edge.preprocess.draft_side: Pillow's draft mode at 1/8 when both sides stay >= the model size (or,
@@ -313,6 +359,7 @@ export async function preparePhoto(photo, size) {
   }
   const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext("2d", { willReadFrequently: true });
+  if (!context) throw new DecodeError("this browser cannot draw a photo this large");
   context.fillStyle = "#fff";
   context.fillRect(0, 0, width, height);
   context.drawImage(bitmap, 0, 0);

@@ -1,6 +1,6 @@
 // The predict page: answers on this device (offline.js, LiteRT.js) once the served model is kept here, online
 // (POST /) until then or when the device copy cannot load. Place names in the browser's language, else English.
-import { DecodeError, OfflineError, OfflineBundle, bundleDescription, bundleFiles, keptVersion } from "/assets/offline.js";
+import { OfflineError, keptDescription, loadBest } from "/assets/offline.js";
 
 const input = document.getElementById("image");
 const drop = document.getElementById("drop");
@@ -130,27 +130,33 @@ async function askOnline(file) {
   return { ...answer, answered: "online" };
 }
 
-// The answer for a photo: on this device when the model is kept here, else online. A photo this browser cannot
-// decode (HEIC, say) goes to the service when it can be reached, which decodes more formats.
+// The answer for a photo: on this device when the model is kept here, else online. A photo the device cannot
+// answer for (one this browser cannot decode, HEIC say, or beyond the limits) goes to the service when it can be
+// reached, which decodes more formats and says why it refuses the others.
 async function classify(file) {
   if (!device) return askOnline(file);
   try {
     return await device.predict(file);
   } catch (error) {
-    if (!(error instanceof DecodeError) || !reachable) throw error;
+    if (!reachable) throw error;
     return askOnline(file);
   }
 }
 
+let asked = 0; // the latest photo picked: an earlier one's answer arriving late is not shown
+
 async function send(file) {
   if (!file) return;
+  const mine = ++asked;
   if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
   photo.style.display = "block";
   result.replaceChildren(text("p", "Looking…", "muted"));
   try {
-    show(await classify(file));
+    const answer = await classify(file);
+    if (mine === asked) show(answer);
   } catch (error) {
+    if (mine !== asked) return;
     const message = error.shown || error instanceof OfflineError ? error.message : `The request failed: ${error}`;
     result.replaceChildren(text("p", message, "error"));
     result.firstChild.id = "error";
@@ -166,6 +172,18 @@ async function underServiceWorker(timeoutMs = 5000) {
   ]);
 }
 
+// The runtime's files this page loaded (LiteRT.js picks one of two builds), kept by the service worker's cache too,
+// so that the page can start it offline.
+async function keepRuntime() {
+  const shell = await caches.open("placeid-shell-v1");
+  const loaded = performance.getEntriesByType("resource").map((entry) => new URL(entry.name))
+    .filter((url) => url.origin === location.origin && url.pathname.startsWith("/assets/vendor/litert/litert_wasm"));
+  for (const url of loaded) {
+    if (!(await shell.match(url.pathname))) await shell.add(url.pathname);
+  }
+  return loaded.length > 0;
+}
+
 // Keep (or refresh) the offline copy and load it; the page works online meanwhile, and if it fails.
 async function prepareDevice() {
   if (!("caches" in window) || !window.isSecureContext) {
@@ -173,16 +191,22 @@ async function prepareDevice() {
     return null;
   }
   try {
-    const before = await keptVersion();
-    const { description, fresh } = await bundleDescription();
-    reachable = fresh;
-    if (description.version !== before) setStatus(`Downloading model ${description.version} for offline use…`);
+    const before = (await keptDescription())?.version;
     await underServiceWorker(); // so that the runtime's WebAssembly, fetched next, is kept for offline use
-    const files = await bundleFiles(description, (done, total) => {
-      if (description.version !== before) setStatus(`Downloading model ${description.version} for offline use… ${done}/${total}`);
+    const { bundle, fresh, reached, problem } = await loadBest((served, done, total) => {
+      if (served.version !== before) setStatus(`Downloading model ${served.version} for offline use… ${done}/${total}`);
     });
-    device = await OfflineBundle.load(description, files);
-    setStatus(`${fresh ? "Ready offline" : "Offline"}: photos are recognised on this device (model ${device.version}).`, "ready");
+    device = bundle;
+    reachable = reached;
+    const kept = await keepRuntime().catch(() => false);
+    if (problem) {
+      setStatus(`Offline copy: model ${device.version} (the served model could not be kept: ${problem.message}).`, "ready");
+    } else if (fresh) {
+      setStatus(`Ready offline: photos are recognised on this device (model ${device.version})` +
+        `${kept ? "" : "; reload once to keep the runtime too"}.`, "ready");
+    } else {
+      setStatus(`Offline: photos are recognised on this device (model ${device.version}).`, "ready");
+    }
     return device;
   } catch (error) {
     setStatus(`The offline copy is not available (${error.message}); photos are sent to the service.`, "failed");
