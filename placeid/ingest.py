@@ -537,16 +537,15 @@ class Ingestor:
         looser pHash distance (a crop, a tilt: neardup.FeatureIndex)."""
         lookups = [(key, how) for key, how in (("phash", "pHash"), ("phash_mirror", "the mirror image's pHash"),
                                                ("phash_trimmed", "the pHash without its border")) if key in hashes]
+        mine = [hashes[key]["hex"] for key, _ in lookups]
         # The mirrored and borderless pHashes are looked up under their own band keys only (a fraction of the reads)
-        found = self.index.find_each([hashes[key]["hex"] for key, _ in lookups],
-                                     exact_bands=[key != "phash" for key, _ in lookups])
+        found = self.index.find_each(mine, exact_bands=[key != "phash" for key, _ in lookups])
         lap("near_hashes")
         for (_, how), near in zip(lookups, found):
             if near:
                 return near, how
         if opinion is None or opinion.features is None:
             return [], ""
-        mine = [hashes[key]["hex"] for key, _ in lookups]
         try:
             near = self.features_index.find(opinion.features, opinion.record["model_version"], mine)
         except (gexc.FailedPrecondition, gexc.InvalidArgument) as exc:  # no vector index of this model's size

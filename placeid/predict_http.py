@@ -196,12 +196,13 @@ class PredictService:
             raise NotFound(f"{path} is not installed here: the page's offline mode needs `python -m "
                            "placeid.web_assets` (make web) at build time")
         packed = file.with_name(f"{file.name}.gz")
-        gzipped = packed.is_file() and request.accept_encodings["gzip"] > 0
+        has_gzip = packed.is_file()
+        gzipped = has_gzip and request.accept_encodings["gzip"] > 0
         response = flask.send_file(packed if gzipped else file, mimetype=mimetype, conditional=True, etag=True,
                                    max_age=0)
         if gzipped:
             response.headers["Content-Encoding"] = "gzip"
-        if packed.is_file():
+        if has_gzip:
             response.vary.add("Accept-Encoding")
         response.headers["Cache-Control"] = "no-cache"
         if path == "/sw.js":

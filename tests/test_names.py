@@ -29,3 +29,21 @@ def test_a_place_and_its_nearby_sites_are_localized_together():
     assert korean["name"] == "63빌딩" and building["name"] == "63 Building"  # a copy
     assert [site["name"] for site in korean["nearby"]] == [site["names"]["ko"] for site in building["nearby"]]
     assert localized(building, ["en"])["nearby"] == building["nearby"]
+
+
+def test_the_readers_languages_come_from_lang_then_accept_language_and_hostile_tags_go_nowhere():
+    import flask
+    import pytest
+
+    from placeid.predict_http import PredictService
+    from placeid_edge.errors import BadRequest
+
+    app = flask.Flask("names")
+    header = {"Accept-Language": "<script>, en-GB;q=0.8, ko;q=0.9, ../../etc;q=0.7, x;q=abc"}
+    with app.test_request_context("/?lang=ko-KR", headers=header):
+        assert PredictService._languages(flask.request) == ["ko-KR", "ko", "en-GB"]  # best first; junk ignored
+    for hostile in ("<script>", "k" * 5000, "ko/../en", ""):
+        with app.test_request_context("/", query_string={"lang": hostile}):
+            with pytest.raises(BadRequest) as refused:
+                PredictService._languages(flask.request)
+            assert refused.value.http_status == 400 and len(refused.value.message) < 120

@@ -27,18 +27,25 @@ ARTIFACTS = REPO_ROOT / "build" / "test-artifacts"
 KOREAN = "(한국어)"
 
 
+def bundle_with(run: Path, folder: Path, replaced: dict[str, bytes]) -> Path:
+    """A copy of the bundle in ``run`` with the files in ``replaced`` (name -> content), its manifest's sha256 of
+    each updated."""
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("saved_model", "tensorboard"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = {name: digest for name, digest in manifest["files"].items() if (folder / name).exists()}
+    for name, data in replaced.items():
+        (folder / name).write_bytes(data)
+        manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def korean_bundle(small_bundle, tmp_path_factory) -> Path:
-    """The small bundle with a Korean name for each place and nearby site (its manifest's sha256 updated)."""
-    run = tmp_path_factory.mktemp("korean") / "run"
-    shutil.copytree(small_bundle, run, ignore=shutil.ignore_patterns("saved_model", "tensorboard"))
-    data = json.dumps(with_korean_names(json.loads((run / "places.json").read_text()))).encode()
-    (run / "places.json").write_bytes(data)
-    manifest = json.loads((run / "manifest.json").read_text())
-    manifest["files"] = {name: digest for name, digest in manifest["files"].items() if (run / name).exists()}
-    manifest["files"]["places.json"] = hashlib.sha256(data).hexdigest()
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    return run
+    """The small bundle with a Korean name for each place and nearby site."""
+    places = with_korean_names(json.loads((small_bundle / "places.json").read_text()))
+    return bundle_with(small_bundle, tmp_path_factory.mktemp("korean") / "run",
+                       {"places.json": json.dumps(places).encode()})
 
 
 @pytest.fixture(scope="module")
@@ -155,32 +162,17 @@ def test_page_recognises_photos_offline_as_the_edge_package_does(predict_server,
 
     # A promote to a model the browser cannot run (a dynamic batch, as exported before 2026-11-30): the page keeps
     # answering with the copy it has, and says why it could not keep the new one.
-    third = publish(db, bucket, with_dynamic_batch(korean_bundle, scratch_dir / "dynamic"), scratch_dir,
-                    version="99990102T000000Z-efficientnet-dynamic")
+    from training.export import with_batch
+
+    dynamic = with_batch((korean_bundle / "model_int8.tflite").read_bytes(), -1)
+    third = publish(db, bucket, bundle_with(korean_bundle, scratch_dir / "dynamic", {"model_int8.tflite": dynamic}),
+                    scratch_dir, version="99990102T000000Z-efficientnet-dynamic")
     wait_for_version(url, third)
     browser.refresh()
     stuck = wait_ready(browser)
     assert stuck["mode"] == "device" and stuck["version"] == second, stuck
     assert "could not be kept" in stuck["status"], stuck
     assert classify_in_page(browser, photo)["model_version"] == second
-
-
-def with_dynamic_batch(run: Path, folder: Path) -> Path:
-    """A copy of ``run`` whose model has a dynamic batch (-1), as the converter leaves it."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    shutil.copytree(run, folder)
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray((folder / "model_int8.tflite").read_bytes()))
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
-            if tensor.shapeSignature is not None and len(tensor.shapeSignature):
-                tensor.shapeSignature[0] = -1
-    data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-    (folder / "model_int8.tflite").write_bytes(data)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"]["model_int8.tflite"] = hashlib.sha256(data).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
 
 
 def with_korean_names(entries: list[dict]) -> list[dict]:

@@ -104,14 +104,19 @@ def to_tflite(model, quantization: str, representative: np.ndarray | None = None
 
 def with_batch_of_one(flatbuffer: bytes) -> bytes:
     """The same model with its batch dimension fixed to 1 (the converter leaves it dynamic, -1). Every consumer
-    runs one photo per invocation; LiteRT.js, which the page runs offline, refuses a dynamic batch. Only shape
-    signatures change (TensorFlow's own flatbuffer tools): weights and outputs are the same, byte for byte."""
+    runs one photo per invocation; LiteRT.js, which the page runs offline, refuses a dynamic batch."""
+    return with_batch(flatbuffer, 1)
+
+
+def with_batch(flatbuffer: bytes, batch: int) -> bytes:
+    """The same model with the batch dimension of its shape signatures (-1 dynamic, or 1) set to ``batch``. Only
+    shape signatures change (TensorFlow's own flatbuffer tools): weights and outputs are the same, byte for byte."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:
             signature = tensor.shapeSignature
-            if signature is not None and len(signature) and signature[0] == -1:
-                signature[0] = 1
+            if signature is not None and len(signature) and signature[0] in (-1, 1):
+                signature[0] = batch
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -141,8 +141,8 @@ class Bundle:
         try:
             archive = zipfile.ZipFile(path) if path.is_file() else None
             manifest = json.loads(_read_member(path, archive, "manifest.json"))
-            contents = {}
-            for key, name in _part_names(manifest).items():
+            contents, parts = {}, _part_names(manifest)
+            for key, name in parts.items():
                 data = _read_member(path, archive, name)
                 expected = (manifest.get("files") or {}).get(name)
                 if expected != hashlib.sha256(data).hexdigest():
@@ -155,7 +155,6 @@ class Bundle:
                 raise InvalidBundle(f"{path}: labels.json is not a list of place ids")
             if not (isinstance(places, list) and all(isinstance(p, dict) and "place_id" in p for p in places)):
                 raise InvalidBundle(f"{path}: places.json is not a list of places")
-            parts = _part_names(manifest)
             return cls(manifest, contents["model"], labels, places, source=str(path), prototypes=prototypes,
                        part_files={parts[key]: data for key, data in contents.items()}, **options)
         except InvalidBundle:

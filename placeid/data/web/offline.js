@@ -7,7 +7,7 @@ import { loadLiteRt, loadAndCompile, Tensor } from "@litertjs/core";
 const BUNDLE_URL = "/v1/models/placeid/bundle";
 const CACHE = "placeid-bundle";
 const WASM_DIR = "/assets/vendor/litert/";
-// placeid_edge.preprocess.COMPATIBLE_PREPROCESSING: v1 differs only in its JPEG draft floor.
+// placeid_edge.preprocess.COMPATIBLE_PREPROCESSING: v1 differs only in also drafting JPEGs at 1/2 and 1/4.
 const PREPROCESSING = ["placeid-v1", "placeid-v2"];
 const DRAFT_SCALE = 8;
 // The unknown-place rule's weights (placeid_edge/rejection.py).
